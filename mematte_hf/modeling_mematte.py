@@ -1,0 +1,612 @@
+"""PyTorch MEMatte: ViTMatte with adaptive token routing (Lin et al., AAAI 2025).
+
+Every global-attention block of the ViT backbone gets a router. At inference the tokens a router selects
+(at most `max_global_tokens` per image) go through global attention; every token goes through the
+Lightweight Token Refinement Module (LTRM), whose output the attention result overwrites at the selected
+positions. In training both branches run for every token and a straight-through Gumbel-softmax mixes them.
+
+This file imports only torch, transformers and sibling modules by relative import, because
+`save_pretrained` copies it next to the weights for `trust_remote_code=True` users.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.models.vitdet.modeling_vitdet import (
+    VitDetDropPath,
+    VitDetEmbeddings,
+    VitDetLayer,
+    VitDetMlp,
+    VitDetResBottleneckBlock,
+)
+from transformers.models.vitmatte.modeling_vitmatte import VitMatteDetailCaptureModule
+from transformers.utils import ModelOutput, logging
+
+from .configuration_mematte import MEMatteConfig
+from .losses import MattingLoss
+
+logger = logging.get_logger(__name__)
+
+# Index 0 of a router's log-probabilities means "send to global attention", index 1 "send to the LTRM"
+# (the paper's text has them the other way round; the released weights use 0 for attention).
+TO_GLOBAL, TO_LTRM = 0, 1
+
+
+@dataclass
+class MEMatteBackboneOutput(ModelOutput):
+    r"""
+    feature_map (`torch.Tensor` of shape `(batch_size, hidden_size, height // 16, width // 16)`):
+        Output of the last block.
+    routing_masks (`tuple(torch.BoolTensor)`, one per router, each `(batch_size, height // 16, width // 16)`):
+        True where the router sent the token to global attention.
+    router_log_probs (`tuple(torch.Tensor)`, one per router, each `(batch_size, height // 16, width // 16, 2)`):
+        The routers' log-probabilities (index 0: global attention, 1: LTRM); `None` when the routing mode
+        is not `"adaptive"`.
+    routing_decisions (`tuple(torch.Tensor)`, one per router, each `(batch_size, height // 16, width // 16)`):
+        The decision d in {0, 1} as a float tensor; in training it carries the straight-through gradient.
+    hidden_states (`tuple(torch.Tensor)`, *optional*): the input of every block and the final output,
+        each `(batch_size, hidden_size, height // 16, width // 16)`.
+    """
+
+    feature_map: torch.Tensor | None = None
+    routing_masks: tuple[torch.Tensor, ...] | None = None
+    router_log_probs: tuple[torch.Tensor, ...] | None = None
+    routing_decisions: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class MEMatteImageMattingOutput(ModelOutput):
+    r"""
+    loss (`torch.Tensor` of shape `()`, *optional*, returned when `labels` are given):
+        The sum of the training losses.
+    alphas (`torch.Tensor` of shape `(batch_size, 1, height, width)`):
+        Estimated alpha values at the padded input size, as transformers' ViTMatte returns them.
+    routing_masks (`tuple(torch.BoolTensor)`, one per router, each `(batch_size, height // 16, width // 16)`):
+        True where the router sent the token to global attention.
+    router_log_probs (`tuple(torch.Tensor)`, one per router, each `(batch_size, height // 16, width // 16, 2)`):
+        The routers' log-probabilities; `None` when the routing mode is not `"adaptive"`.
+    backbone_features (`torch.Tensor` of shape `(batch_size, hidden_size, height // 16, width // 16)`):
+        The backbone output the decoder reads (also the target of feature distillation).
+    compression_ratio (`torch.Tensor` of shape `()`):
+        gamma, the fraction of tokens sent to global attention, averaged over images, routers and tokens.
+    loss_parts (`dict[str, torch.Tensor]`, *optional*): each part of `loss`, for logging.
+    hidden_states (`tuple(torch.Tensor)`, *optional*): the backbone's hidden states.
+    """
+
+    loss: torch.Tensor | None = None
+    alphas: torch.Tensor | None = None
+    routing_masks: tuple[torch.Tensor, ...] | None = None
+    router_log_probs: tuple[torch.Tensor, ...] | None = None
+    backbone_features: torch.Tensor | None = None
+    compression_ratio: torch.Tensor | None = None
+    loss_parts: dict[str, torch.Tensor] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class WeightTransferReport:
+    """Which weights `MEMatteForImageMatting.from_vitmatte` copied, initialised anew, and left behind."""
+
+    copied: list[str]
+    new: list[str]
+    dropped: list[str]
+
+    def summary(self) -> str:
+        def families(keys: list[str]) -> str:
+            # "backbone.encoder.layer.2.router.in_proj.weight" -> "layer.2.router"
+            names = sorted({".".join(key.split(".")[2:5]) for key in keys})
+            return ", ".join(names) if names else "none"
+
+        return (
+            f"MEMatte from ViTMatte: copied {len(self.copied)} tensors; newly initialised {len(self.new)} "
+            f"(routers and LTRMs: {families(self.new)}); dropped {len(self.dropped)} "
+            f"(global-block relative positions: {families(self.dropped)})"
+        )
+
+
+def eca_kernel_size(channels: int) -> int:
+    """Kernel size of efficient channel attention: |log2(C) / 2 + 1/2|, made odd (5 for 384 and 768, 3 for 64)."""
+    size = int(abs(math.log2(channels) / 2 + 0.5))
+    return size if size % 2 else size + 1
+
+
+class MEMatteEfficientChannelAttention(nn.Module):
+    """Efficient channel attention: channel weights from a 1-D convolution over the pooled channels."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        kernel_size = eca_kernel_size(channels)
+        self.conv = nn.Conv1d(1, 1, kernel_size=kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        """(batch_size, height, width, channels) -> channel weights in (0, 1) of shape (batch_size, 1, 1, channels)."""
+        pooled = hidden_state.mean(dim=(1, 2)).unsqueeze(1)  # (batch_size, 1, channels)
+        return torch.sigmoid(self.conv(pooled)).unsqueeze(1)
+
+
+class MEMatteLightweightTokenRefinement(nn.Module):
+    """The LTRM: linear C->2C, GELU, depth-wise 5x5 conv, GELU, linear 2C->C, then z + ECA(z).
+
+    It sees the raw block input (not norm1 of it), on the full token grid, so its cost is linear in the
+    number of tokens.
+    """
+
+    def __init__(self, config: MEMatteConfig) -> None:
+        super().__init__()
+        dim = config.hidden_size
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.dwconv = nn.Conv2d(2 * dim, 2 * dim, kernel_size=5, padding=2, groups=2 * dim, bias=True)
+        self.fc2 = nn.Linear(2 * dim, dim)
+        self.act = ACT2FN[config.hidden_act]
+        self.eca = MEMatteEfficientChannelAttention(dim)
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        """(batch_size, height, width, C) -> (batch_size, height, width, C)."""
+        expanded = self.act(self.fc1(hidden_state))
+        # A (B, H, W, 2C) tensor viewed as NCHW is channels-last: the depth-wise conv runs without a copy.
+        expanded = self.act(self.dwconv(expanded.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        refined = self.fc2(expanded)
+        return refined * (1.0 + self.eca(refined))
+
+
+class MEMatteRouter(nn.Module):
+    """Scores every token of a block's input: log-probabilities of (global attention, LTRM).
+
+    Half of the projected channels stay per token, the other half is averaged over all tokens of the image,
+    so each decision sees both the token and the image it belongs to.
+    """
+
+    def __init__(self, config: MEMatteConfig) -> None:
+        super().__init__()
+        dim = config.hidden_size
+        self.in_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.in_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Sequential(
+            nn.Linear(dim, dim // 2),
+            nn.GELU(),
+            nn.Linear(dim // 2, dim // 4),
+            nn.GELU(),
+            nn.Linear(dim // 4, 2),
+        )
+        self.act = nn.GELU()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(batch_size, num_tokens, C) -> log-probabilities (batch_size, num_tokens, 2)."""
+        projected = self.act(self.in_proj(self.in_norm(tokens)))
+        half = projected.shape[-1] // 2
+        local_part, global_part = projected[..., :half], projected[..., half:]
+        global_part = global_part.mean(dim=1, keepdim=True).expand_as(global_part)
+        return F.log_softmax(self.out_proj(torch.cat([local_part, global_part], dim=-1)), dim=-1)
+
+
+def select_global_tokens(log_probs: torch.Tensor, max_tokens: int | None) -> torch.Tensor:
+    """Inference routing: which tokens go to global attention.
+
+    Args:
+        log_probs: (batch_size, num_tokens, 2) router log-probabilities.
+        max_tokens: the cap k per image; `None` or 0 for no cap.
+
+    Returns:
+        (batch_size, num_tokens) bool: logp[0] > logp[1], and where an image selects more than k tokens only
+        its k tokens with the largest margin logp[0] - logp[1]. Each image is decided on its own.
+    """
+    margin = log_probs[..., TO_GLOBAL] - log_probs[..., TO_LTRM]
+    selected = margin > 0
+    if not max_tokens or max_tokens >= margin.shape[1]:
+        return selected
+    over_cap = selected.sum(dim=1) > max_tokens
+    if over_cap.any():
+        top = margin[over_cap].topk(max_tokens, dim=1).indices
+        capped = torch.zeros_like(selected[over_cap]).scatter_(1, top, True)
+        selected[over_cap] = capped
+    return selected
+
+
+class MEMatteAttention(nn.Module):
+    """Multi-head self-attention over a set of tokens, without relative positions (MEMatte's global blocks)."""
+
+    def __init__(self, config: MEMatteConfig) -> None:
+        super().__init__()
+        dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = dim // self.num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=config.qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def _split_heads(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch_size, num_tokens, _ = tokens.shape
+        qkv = self.qkv(tokens).reshape(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (batch_size, heads, num_tokens, head_dim)
+
+    def _merge_heads(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        batch_size, _, num_tokens, _ = hidden_state.shape
+        return self.proj(hidden_state.transpose(1, 2).reshape(batch_size, num_tokens, -1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(batch_size, num_tokens, C) -> (batch_size, num_tokens, C), through a fused kernel where one exists,
+        so that no num_tokens x num_tokens matrix is kept in memory."""
+        queries, keys, values = self._split_heads(tokens)
+        return self._merge_heads(F.scaled_dot_product_attention(queries, keys, values))
+
+    def forward_masked(self, tokens: torch.Tensor, decisions: torch.Tensor) -> torch.Tensor:
+        """Training attention: each query attends to the selected keys and to itself.
+
+        Args:
+            tokens: (batch_size, num_tokens, C), already normalised by norm1.
+            decisions: (batch_size, num_tokens) in {0, 1}, differentiable (straight-through Gumbel).
+
+        The mask multiplies the exponentiated scores, so gradients reach the router through `decisions`;
+        the epsilon terms follow the upstream training code.
+        """
+        queries, keys, values = self._split_heads(tokens)
+        num_tokens = tokens.shape[1]
+        scores = (queries * self.scale) @ keys.transpose(-2, -1)
+        keep = decisions[:, None, None, :].to(torch.float32)
+        identity = torch.eye(num_tokens, device=tokens.device, dtype=torch.float32)
+        keep = keep + (1.0 - keep) * identity
+        scores = scores - scores.amax(dim=-1, keepdim=True)
+        weights = scores.to(torch.float32).exp() * keep
+        epsilon = 1e-6
+        weights = (weights + epsilon / num_tokens) / (weights.sum(dim=-1, keepdim=True) + epsilon)
+        return self._merge_heads(weights.to(values.dtype) @ values)
+
+
+class MEMatteRoutedLayer(nn.Module):
+    """A global block with a router: `x + routed(x)`, then `x + mlp(norm2(x))`, then the residual conv block.
+
+    Takes and returns (batch_size, C, height, width) like transformers' `VitDetLayer`.
+    """
+
+    def __init__(self, config: MEMatteConfig, drop_path_rate: float = 0.0, use_residual_block: bool = False):
+        super().__init__()
+        vitdet_config = config.to_vitdet_config()
+        dim = config.hidden_size
+        self.config = config
+        self.router = MEMatteRouter(config)
+        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.attention = MEMatteAttention(config)
+        self.ltrm = MEMatteLightweightTokenRefinement(config)
+        self.drop_path = VitDetDropPath(drop_path_rate) if drop_path_rate > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp = VitDetMlp(config=vitdet_config, in_features=dim, hidden_features=int(dim * config.mlp_ratio))
+        self.residual = (
+            VitDetResBottleneckBlock(vitdet_config, in_channels=dim, out_channels=dim, bottleneck_channels=dim // 2)
+            if use_residual_block
+            else None
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(batch_size, C, h, w) -> (output (batch_size, C, h, w), log-probs (batch_size, h*w, 2) or None,
+        decisions (batch_size, h*w) float)."""
+        hidden_states = hidden_states.permute(0, 2, 3, 1)
+        mode = self.config.routing_mode
+        log_probs = self.router(hidden_states.flatten(1, 2)) if mode == "adaptive" else None
+        if mode == "global":
+            branch, decisions = self._all_global(hidden_states)
+        elif mode == "light":
+            branch = self.ltrm(hidden_states)
+            decisions = hidden_states.new_zeros(hidden_states.shape[:1] + (hidden_states[0, ..., 0].numel(),))
+        elif self.training:
+            branch, decisions = self._mixed(hidden_states, log_probs)
+        else:
+            decisions = select_global_tokens(log_probs, self.config.max_global_tokens)
+            branch = self._routed(hidden_states, decisions)
+            decisions = decisions.to(hidden_states.dtype)
+        hidden_states = hidden_states + self.drop_path(branch)
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+        hidden_states = hidden_states.permute(0, 3, 1, 2)
+        if self.residual is not None:
+            hidden_states = self.residual(hidden_states)
+        return hidden_states, log_probs, decisions
+
+    def _all_global(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_size, height, width, dim = hidden_states.shape
+        tokens = self.norm1(hidden_states).reshape(batch_size, height * width, dim)
+        branch = self.attention(tokens).reshape(batch_size, height, width, dim)
+        return branch, hidden_states.new_ones(batch_size, height * width)
+
+    def _routed(self, hidden_states: torch.Tensor, to_global: torch.Tensor) -> torch.Tensor:
+        """Inference: the LTRM for every token, global attention among each image's selected tokens."""
+        batch_size, height, width, dim = hidden_states.shape
+        branch = self.ltrm(hidden_states).reshape(batch_size, height * width, dim)
+        tokens = hidden_states.reshape(batch_size, height * width, dim)
+        # One image at a time: each has its own selection, and a batch must equal running images alone.
+        for index in range(batch_size):
+            selected = to_global[index].nonzero().squeeze(1)
+            if selected.numel():
+                # norm1 is per token, so normalising only the gathered tokens gives the same result.
+                gathered = self.norm1(tokens[index, selected]).unsqueeze(0)
+                branch[index, selected] = self.attention(gathered)[0].to(branch.dtype)
+        return branch.reshape(batch_size, height, width, dim)
+
+    def _mixed(self, hidden_states: torch.Tensor, log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: a hard straight-through Gumbel decision mixes both branches for every token."""
+        batch_size, height, width, dim = hidden_states.shape
+        sample = F.gumbel_softmax(log_probs, tau=self.config.gumbel_temperature, hard=True)
+        decisions = sample[..., TO_GLOBAL]
+        tokens = self.norm1(hidden_states).reshape(batch_size, height * width, dim)
+        attended = self.attention.forward_masked(tokens, decisions)
+        refined = self.ltrm(hidden_states).reshape(batch_size, height * width, dim)
+        gate = decisions.unsqueeze(-1).to(attended.dtype)
+        branch = attended * gate + refined * (1.0 - gate)
+        return branch.reshape(batch_size, height, width, dim), decisions
+
+
+class MEMatteBackbone(nn.Module):
+    """Patch embedding, absolute positions and the blocks: transformers' ViTDet window blocks, routed global
+    blocks in the other positions."""
+
+    def __init__(self, config: MEMatteConfig) -> None:
+        super().__init__()
+        vitdet_config = config.to_vitdet_config()
+        self.config = config
+        self.embeddings = VitDetEmbeddings(vitdet_config)
+        drop_path_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        layers = []
+        for index, drop_path_rate in enumerate(drop_path_rates):
+            use_residual_block = index in config.residual_block_indices
+            if index in config.window_block_indices:
+                layers.append(
+                    VitDetLayer(vitdet_config, drop_path_rate, config.window_size, use_residual_block)
+                )
+            else:
+                layers.append(MEMatteRoutedLayer(config, drop_path_rate, use_residual_block))
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(layers)
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> MEMatteBackboneOutput:
+        """(batch_size, 4, height, width) -> features (batch_size, C, height // 16, width // 16) and routing."""
+        hidden_states = self.embeddings(pixel_values)
+        grid = hidden_states.shape[0], hidden_states.shape[2], hidden_states.shape[3]
+        all_hidden_states = [] if output_hidden_states else None
+        masks, log_probs, decisions = [], [], []
+        for layer in self.encoder.layer:
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
+            if isinstance(layer, MEMatteRoutedLayer):
+                hidden_states, layer_log_probs, layer_decisions = layer(hidden_states)
+                decisions.append(layer_decisions.reshape(grid))
+                masks.append(decisions[-1] > 0.5)
+                if layer_log_probs is not None:
+                    log_probs.append(layer_log_probs.reshape(*grid, 2))
+            else:
+                hidden_states = layer(hidden_states)[0]
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
+        return MEMatteBackboneOutput(
+            feature_map=hidden_states,
+            routing_masks=tuple(masks),
+            router_log_probs=tuple(log_probs) if log_probs else None,
+            routing_decisions=tuple(decisions),
+            hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+        )
+
+
+def decode_in_tiles(
+    decoder: nn.Module,
+    features: torch.Tensor,
+    pixel_values: torch.Tensor,
+    tile_size: int,
+    context: int,
+    patch_size: int,
+) -> torch.Tensor:
+    """The upstream tiled decoder: bounded memory at any resolution.
+
+    The input is zero-padded to a multiple of `tile_size` and the feature grid to the matching multiple of
+    tokens. Each tile is decoded with up to `context` pixels (context / patch_size tokens) of its
+    neighbours on every side (none past the padded border) and only its centre is kept.
+
+    Args:
+        features: (batch_size, C, height // patch_size, width // patch_size).
+        pixel_values: (batch_size, 4, height, width), height and width multiples of 2 * patch_size.
+
+    Returns:
+        (batch_size, 1, height, width) alphas.
+    """
+    height, width = pixel_values.shape[-2:]
+    padded_height = math.ceil(height / tile_size) * tile_size
+    padded_width = math.ceil(width / tile_size) * tile_size
+    pixels = F.pad(pixel_values, (0, padded_width - width, 0, padded_height - height))
+    features = F.pad(
+        features,
+        (0, padded_width // patch_size - features.shape[-1], 0, padded_height // patch_size - features.shape[-2]),
+    )
+    alphas = pixel_values.new_empty(pixel_values.shape[0], 1, padded_height, padded_width)
+    for top in range(0, padded_height, tile_size):
+        for left in range(0, padded_width, tile_size):
+            y0, x0 = max(top - context, 0), max(left - context, 0)
+            y1, x1 = min(top + tile_size + context, padded_height), min(left + tile_size + context, padded_width)
+            tile_features = features[..., y0 // patch_size : y1 // patch_size, x0 // patch_size : x1 // patch_size]
+            tile_alphas = decoder(tile_features, pixels[..., y0:y1, x0:x1])
+            alphas[..., top : top + tile_size, left : left + tile_size] = tile_alphas[
+                ..., top - y0 : top - y0 + tile_size, left - x0 : left - x0 + tile_size
+            ]
+    return alphas[..., :height, :width]
+
+
+class MEMattePreTrainedModel(PreTrainedModel):
+    config_class = MEMatteConfig
+    config: MEMatteConfig
+    base_model_prefix = "mematte"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = False
+    _no_split_modules = []
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """ViTDet's initialisation for the backbone, ViTMatte's for the decoder; routers and LTRMs like any
+        linear or conv layer."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv1d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.normal_(module.weight, mean=0.0, std=std)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, VitDetEmbeddings):
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+        elif isinstance(module, VitDetResBottleneckBlock):
+            for layer in (module.conv1, module.conv2, module.conv3):
+                init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            for norm in (module.norm1, module.norm2):
+                init.ones_(norm.weight)
+                init.zeros_(norm.bias)
+            # The residual branch starts as the identity.
+            init.zeros_(module.norm3.weight)
+            init.zeros_(module.norm3.bias)
+        if getattr(module, "rel_pos_h", None) is not None:
+            init.trunc_normal_(module.rel_pos_h, mean=0.0, std=std)
+            init.trunc_normal_(module.rel_pos_w, mean=0.0, std=std)
+
+
+class MEMatteForImageMatting(MEMattePreTrainedModel):
+    """MEMatte: a routed ViT backbone and ViTMatte's detail-capture decoder.
+
+    Example:
+
+    ```python
+    >>> import mematte_hf  # registers "mematte" with the Auto classes
+    >>> from transformers import AutoImageProcessor, AutoModelForImageMatting
+    >>> model = AutoModelForImageMatting.from_pretrained("path/to/mematte")
+    >>> processor = AutoImageProcessor.from_pretrained("path/to/mematte")
+    >>> inputs = processor(images=image, trimaps=trimap, return_tensors="pt")
+    >>> alphas = model(**inputs).alphas  # (1, 1, padded_height, padded_width)
+    ```
+    """
+
+    def __init__(self, config: MEMatteConfig) -> None:
+        super().__init__(config)
+        self.backbone = MEMatteBackbone(config)
+        self.decoder = VitMatteDetailCaptureModule(config.to_vitmatte_config())
+        self.post_init()
+
+    @classmethod
+    def from_vitmatte(
+        cls, vitmatte: str | PreTrainedModel, output_loading_info: bool = False, **config_overrides
+    ) -> MEMatteForImageMatting | tuple[MEMatteForImageMatting, WeightTransferReport]:
+        """A MEMatte model initialised from a transformers ViTMatte (a `VitMatteForImageMatting` or its id/path).
+
+        Every ViTMatte weight whose maths MEMatte shares is copied; the routers and LTRMs are newly initialised
+        and the relative position tables of ViTMatte's global blocks are dropped (MEMatte's global blocks have
+        none). This is the starting point of distillation training, with the ViTMatte as the frozen teacher.
+        The report of new and dropped weights is logged, and returned with `output_loading_info=True`.
+        """
+        from transformers import VitMatteForImageMatting
+
+        if isinstance(vitmatte, (str, bytes)) or hasattr(vitmatte, "__fspath__"):
+            vitmatte = VitMatteForImageMatting.from_pretrained(vitmatte)
+        config = MEMatteConfig.from_vitmatte_config(vitmatte.config, **config_overrides)
+        model = cls(config)
+        source = vitmatte.state_dict()
+        target = model.state_dict()
+        shared = {key: value for key, value in source.items() if key in target and value.shape == target[key].shape}
+        model.load_state_dict(shared, strict=False)
+        report = WeightTransferReport(
+            copied=sorted(shared),
+            new=sorted(set(target) - set(shared)),
+            dropped=sorted(set(source) - set(shared)),
+        )
+        logger.warning(report.summary())
+        return (model, report) if output_loading_info else model
+
+    def decode(self, features: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Backbone features (B, C, H/16, W/16) and input (B, 4, H, W) -> alphas (B, 1, H, W), in tiles when
+        `config.decoder_tile_size` is set (read at every call, so it can be changed on a loaded model)."""
+        tile_size = self.config.decoder_tile_size
+        if not tile_size:
+            return self.decoder(features, pixel_values)
+        return decode_in_tiles(
+            self.decoder,
+            features,
+            pixel_values,
+            tile_size=tile_size,
+            context=self.config.decoder_tile_context,
+            patch_size=self.config.patch_size,
+        )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        teacher_features: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MEMatteImageMattingOutput | tuple:
+        r"""
+        pixel_values (`torch.Tensor` of shape `(batch_size, 4, height, width)`):
+            Normalised RGB and the trimap in [0, 1], as `VitMatteImageProcessor` prepares them; height and width
+            multiples of 32.
+        labels (`torch.Tensor` of shape `(batch_size, 1, height, width)` or `(batch_size, height, width)`, *optional*):
+            Ground-truth alpha in [0, 1]; when given, `loss` and `loss_parts` are returned.
+        teacher_features (`torch.Tensor` of shape `(batch_size, C, height // 16, width // 16)`, *optional*):
+            A frozen teacher's backbone features for the distillation loss.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        self._check_input(pixel_values)
+        backbone_output = self.backbone(pixel_values, output_hidden_states=output_hidden_states)
+        features = backbone_output.feature_map
+        alphas = self.decode(features, pixel_values)
+        compression_ratio = torch.stack([d.float().mean() for d in backbone_output.routing_decisions]).mean()
+
+        loss, loss_parts = None, None
+        if labels is not None:
+            loss_parts = MattingLoss()(
+                alphas,
+                labels.reshape(alphas.shape).to(alphas.dtype),
+                pixel_values[:, -1:],
+                student_features=features,
+                teacher_features=teacher_features,
+                gamma=compression_ratio if self.config.routing_mode == "adaptive" else None,
+                rho=self.config.compression_ratio_target,
+            )
+            loss = loss_parts.pop("loss")
+
+        output = MEMatteImageMattingOutput(
+            loss=loss,
+            alphas=alphas,
+            routing_masks=backbone_output.routing_masks,
+            router_log_probs=backbone_output.router_log_probs,
+            backbone_features=features,
+            compression_ratio=compression_ratio,
+            loss_parts=loss_parts,
+            hidden_states=backbone_output.hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _check_input(self, pixel_values: torch.Tensor) -> None:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values must have shape (batch_size, {self.config.num_channels}, height, width) "
+                f"(RGB plus trimap, as VitMatteImageProcessor prepares them), got {tuple(pixel_values.shape)}"
+            )
+        multiple = 2 * self.config.patch_size
+        if pixel_values.shape[-2] % multiple or pixel_values.shape[-1] % multiple:
+            raise ValueError(
+                f"pixel_values height and width must be multiples of {multiple}, got "
+                f"{tuple(pixel_values.shape[-2:])}; let the image processor pad them (do_pad=True)"
+            )
+
+
+__all__ = ["MEMatteForImageMatting", "MEMattePreTrainedModel", "MEMatteImageMattingOutput", "select_global_tokens"]

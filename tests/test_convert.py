@@ -1,0 +1,135 @@
+"""`mematte convert`: architecture inference, key mapping, and one clear error for every bad checkpoint."""
+
+from __future__ import annotations
+
+import collections
+import pickle
+
+import pytest
+import torch
+from transformers import AutoModelForImageMatting
+
+from mematte_hf.cli import main
+from mematte_hf.convert import infer_config, load_upstream_state_dict
+from mematte_hf.errors import CheckpointError
+from tests.utils import tiny_model
+
+
+def _upstream_state_dict(model) -> dict[str, torch.Tensor]:
+    """Write a MEMatte model back in the upstream naming (the inverse of the converter's map)."""
+    global_blocks = model.config.global_block_indices
+    state = {}
+    for key, value in model.state_dict().items():
+        upstream = key.replace("backbone.embeddings.position_embeddings", "backbone.pos_embed")
+        upstream = upstream.replace("backbone.embeddings.projection", "backbone.patch_embed.proj")
+        upstream = upstream.replace("backbone.encoder.layer.", "backbone.blocks.")
+        upstream = upstream.replace(".attention.", ".attn.").replace(".ltrm.", ".efficient_block.")
+        if ".router." in upstream:
+            block = int(upstream.split(".")[2])
+            suffix = upstream.split(".router.")[1]
+            suffix = suffix.replace("in_norm.", "in_conv.0.").replace("in_proj.", "in_conv.1.")
+            suffix = suffix.replace("out_proj.", "out_conv.")
+            upstream = f"backbone.routers.{global_blocks.index(block)}.{suffix}"
+        upstream = upstream.replace(".batch_norm.", ".bn.").replace("decoder.fusion_blocks.", "decoder.fusion_blks.")
+        state[upstream] = value.clone()
+    return state
+
+
+@pytest.fixture
+def upstream_checkpoint(tmp_path):
+    model = tiny_model(seed=21)
+    state = _upstream_state_dict(model)
+    state["teacher_backbone.blocks.0.norm1.weight"] = torch.ones(32)  # teachers are ignored
+    path = tmp_path / "upstream.pth"
+    torch.save({"model": state, "iteration": 10}, path)
+    return model, state, path
+
+
+def _convert(arguments, capsys) -> tuple[int, str]:
+    code = main(["convert", *map(str, arguments)])
+    return code, capsys.readouterr().err
+
+
+def test_convert_infers_the_architecture_and_reproduces_the_model(upstream_checkpoint, tmp_path, capsys):
+    model, state, path = upstream_checkpoint
+    config = infer_config(load_upstream_state_dict(path))
+    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "window_block_indices"):
+        assert getattr(config, field) == getattr(model.config, field)
+    code, _ = _convert([path, tmp_path / "out", "--max-global-tokens", "9", "--decoder-tile-size", "64"], capsys)
+    assert code == 0
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "modeling_mematte.py"):
+        assert (tmp_path / "out" / name).is_file(), name
+    loaded = AutoModelForImageMatting.from_pretrained(tmp_path / "out")
+    assert (loaded.config.max_global_tokens, loaded.config.decoder_tile_size) == (9, 64)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, msg=key)
+
+
+def _error_for(state, tmp_path, capsys, *extra) -> str:
+    path = tmp_path / "bad.pth"
+    torch.save({"model": state}, path)
+    code, error = _convert([path, tmp_path / "out", *extra], capsys)
+    assert code == 1
+    assert "Traceback" not in error and len(error.strip().splitlines()) == 1
+    return error
+
+
+def test_missing_key_is_named(upstream_checkpoint, tmp_path, capsys):
+    _, state, _ = upstream_checkpoint
+    del state["backbone.routers.1.out_conv.4.bias"]
+    error = _error_for(state, tmp_path, capsys)
+    assert "missing keys" in error and "layer.3.router.out_proj.4.bias" in error
+
+
+def test_wrong_shape_is_named(upstream_checkpoint, tmp_path, capsys):
+    _, state, _ = upstream_checkpoint
+    state["backbone.blocks.1.efficient_block.fc2.weight"] = torch.zeros(32, 7)
+    error = _error_for(state, tmp_path, capsys)
+    assert "wrong shapes" in error and "layer.1.ltrm.fc2.weight (32, 7) != (32, 64)" in error
+
+
+def test_left_over_key_is_named(upstream_checkpoint, tmp_path, capsys):
+    _, state, _ = upstream_checkpoint
+    state["backbone.routers.5.in_conv.1.weight"] = torch.zeros(32, 32)
+    error = _error_for(state, tmp_path, capsys)
+    assert "unexpected keys" in error and "backbone.routers.5.in_conv.1.weight" in error
+
+
+def test_inconsistent_head_count_is_explained(upstream_checkpoint, tmp_path, capsys):
+    _, state, _ = upstream_checkpoint
+    error = _error_for(state, tmp_path, capsys, "--num-heads", "4")
+    assert "--num-heads 4 does not fit" in error and "2 heads" in error
+
+
+def test_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    path = tmp_path / "photo.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    code, error = _convert([path, tmp_path / "out"], capsys)
+    assert code == 1 and "is not a PyTorch checkpoint" in error
+
+
+def test_missing_file(tmp_path, capsys):
+    code, error = _convert([tmp_path / "nope.pth", tmp_path / "out"], capsys)
+    assert code == 1 and "does not exist" in error
+
+
+def test_pickle_with_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"model": collections.Counter(a=1)}, handle)  # an object weights_only refuses
+    code, error = _convert([path, tmp_path / "out"], capsys)
+    assert code == 1 and "Python objects other than tensors" in error
+
+
+def test_weights_of_another_model(tmp_path, capsys):
+    path = tmp_path / "other.pth"
+    torch.save({"model": {"encoder.weight": torch.zeros(3)}}, path)
+    code, error = _convert([path, tmp_path / "out"], capsys)
+    assert code == 1 and "not an upstream MEMatte/ViTMatte checkpoint" in error
+
+
+def test_state_dict_loader_rejects_non_tensor_payload(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(CheckpointError, match="not a MEMatte checkpoint"):
+        load_upstream_state_dict(path)
