@@ -12,7 +12,7 @@ import sys
 
 from .errors import MEMatteError
 
-COMMANDS = ("convert",)
+COMMANDS = ("convert", "predict", "evaluate", "push")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return int(args.run(args) or 0)
     except MEMatteError as error:
@@ -37,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_libraries() -> None:
+    """transformers' per-load progress bars and backend notices drown the command's own output."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
 
 
 if __name__ == "__main__":

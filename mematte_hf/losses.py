@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mematte_hf.errors import InputError
+from .errors import InputError
 
 # Values of a trimap closer than this to 0 or 1 count as known; everything in between is unknown.
 # The tolerance makes 0.5 and 128/255 (and small resampling noise) behave the same.
@@ -36,17 +36,13 @@ def _check_alpha_pair(pred: torch.Tensor, gt: torch.Tensor, name: str) -> None:
     if pred.dim() != 4 or pred.shape[1] != 1:
         raise InputError(f"{name}: expected the prediction as (B, 1, H, W), got shape {tuple(pred.shape)}.")
     if pred.shape != gt.shape:
-        raise InputError(
-            f"{name}: prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} differ in shape."
-        )
+        raise InputError(f"{name}: prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} differ in shape.")
 
 
 def _as_mask(mask: torch.Tensor, like: torch.Tensor, name: str) -> torch.Tensor:
     """Return ``mask`` as a float tensor of ``like``'s dtype, checking that it has ``like``'s shape."""
     if mask.shape != like.shape:
-        raise InputError(
-            f"{name}: mask shape {tuple(mask.shape)} differs from the alpha {tuple(like.shape)}."
-        )
+        raise InputError(f"{name}: mask shape {tuple(mask.shape)} differs from the alpha {tuple(like.shape)}.")
     return mask.to(dtype=like.dtype)
 
 
@@ -137,6 +133,15 @@ def _pyramid_level(current: torch.Tensor, kernel: torch.Tensor) -> tuple[torch.T
     return current - up, down
 
 
+def max_pyramid_levels(height: int, width: int) -> int:
+    """Most pyramid levels an ``height x width`` map supports: each level's input must be >= 3x3."""
+    side, levels = min(height, width), 0
+    while side >= 3:
+        levels += 1
+        side = (side + 1) // 2
+    return levels
+
+
 def laplacian_pyramid_loss(pred: torch.Tensor, gt: torch.Tensor, levels: int = 5) -> torch.Tensor:
     """Sum over pyramid levels ``i`` of ``2**i * mean|lap_i(pred) - lap_i(gt)|``.
 
@@ -154,10 +159,7 @@ def laplacian_pyramid_loss(pred: torch.Tensor, gt: torch.Tensor, levels: int = 5
     _check_alpha_pair(pred, gt, "laplacian_pyramid_loss")
     if levels < 1:
         raise InputError(f"laplacian_pyramid_loss: levels must be >= 1, got {levels}.")
-    smallest = min(pred.shape[-2:])
-    for _ in range(levels - 1):
-        smallest = (smallest + 1) // 2
-    if smallest < 3:
+    if levels > max_pyramid_levels(pred.shape[-2], pred.shape[-1]):
         raise InputError(
             f"laplacian_pyramid_loss: a {pred.shape[-2]}x{pred.shape[-1]} alpha is too small for {levels} "
             "pyramid levels (the coarsest level must be at least 3x3); use a larger crop or fewer levels."
@@ -260,14 +262,13 @@ class MattingLoss(nn.Module):
         """
         Args:
             weights: optional per-part weights keyed by part name; missing parts weigh 1.
-            laplacian_levels: pyramid depth of the Laplacian loss.
+            laplacian_levels: pyramid depth of the Laplacian loss (upstream 5); inputs too small for it
+                (below 33x33 for 5) use the most levels they support, see ``max_pyramid_levels``.
         """
         super().__init__()
         unknown = set(weights or {}) - set(_PARTS)
         if unknown:
-            raise InputError(
-                f"MattingLoss: unknown loss part(s) {sorted(unknown)}; known parts: {list(_PARTS)}."
-            )
+            raise InputError(f"MattingLoss: unknown loss part(s) {sorted(unknown)}; known parts: {list(_PARTS)}.")
         self.weights = {name: 1.0 for name in _PARTS} | dict(weights or {})
         self.laplacian_levels = laplacian_levels
 
@@ -284,7 +285,8 @@ class MattingLoss(nn.Module):
         """
         Args:
             pred_alpha, gt_alpha, trimap: ``(B, 1, H, W)``; the trimap in [0, 1] (0 / 0.5 or 128/255 / 1).
-            student_features, teacher_features: ``(B, C, h, w)`` backbone features, or None.
+            student_features, teacher_features: ``(B, C, h, w)`` backbone features; the distillation
+                part is computed only when both are given (a model can always pass its own features).
             gamma: mean routing decision (scalar tensor), or None.
             rho: target routing ratio for the compression loss.
 
@@ -293,16 +295,15 @@ class MattingLoss(nn.Module):
         """
         if trimap.shape != pred_alpha.shape:
             raise InputError(
-                f"MattingLoss: trimap {tuple(trimap.shape)} and prediction {tuple(pred_alpha.shape)} "
-                "differ in shape."
+                f"MattingLoss: trimap {tuple(trimap.shape)} and prediction {tuple(pred_alpha.shape)} differ in shape."
             )
-        if (student_features is None) != (teacher_features is None):
-            raise InputError("MattingLoss: give both student_features and teacher_features, or neither.")
         mask = unknown_mask_from_trimap(trimap)
+        # Small smoke-test crops (e.g. 32x32) cannot hold 5 levels; use as many as fit rather than fail.
+        levels = min(self.laplacian_levels, max_pyramid_levels(*pred_alpha.shape[-2:]))
         parts = {
             "unknown_l1": unknown_l1_loss(pred_alpha, gt_alpha, mask),
             "known_l1": known_l1_loss(pred_alpha, gt_alpha, mask),
-            "laplacian": laplacian_pyramid_loss(pred_alpha, gt_alpha, self.laplacian_levels),
+            "laplacian": laplacian_pyramid_loss(pred_alpha, gt_alpha, levels),
             "gradient": gradient_penalty_loss(pred_alpha, gt_alpha, mask),
         }
         if student_features is not None and teacher_features is not None:
