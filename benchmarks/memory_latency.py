@@ -53,9 +53,10 @@ def build_models(kind: str, routed_fraction: float, tile_size: int, max_global_t
     if kind == "vitmatte":
         return vitmatte, None
     torch.manual_seed(1)
-    model = MEMatteForImageMatting.from_vitmatte(
-        vitmatte, decoder_tile_size=tile_size, max_global_tokens=max_global_tokens
-    ).eval()
+    overrides = {"decoder_tile_size": tile_size}
+    if max_global_tokens is not None:  # otherwise the config default (18500, as upstream)
+        overrides["max_global_tokens"] = max_global_tokens
+    model = MEMatteForImageMatting.from_vitmatte(vitmatte, **overrides).eval()
     fractions = set_routed_fraction(model, synthetic_inputs(1024), routed_fraction)
     return model, fractions
 
@@ -162,7 +163,7 @@ def main() -> None:
     parser.add_argument("--repeat-limit", type=int, default=2048, help="above this size, time the first run only")
     parser.add_argument("--routed-fraction", type=float, default=0.25)
     parser.add_argument("--tile-size", type=int, default=512, help="MEMatte decoder tile (0 = whole image)")
-    parser.add_argument("--max-global-tokens", type=int, default=None, help="MEMatte cap k (default: none)")
+    parser.add_argument("--max-global-tokens", type=int, default=None, help="MEMatte cap k (default 18500)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

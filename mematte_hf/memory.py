@@ -6,8 +6,9 @@ The estimate is a model of MEMatte's inference peak, with coefficients measured 
 - backbone: about 14 x hidden_size values per token (window attention, MLP, LTRM and their inputs);
 - global attention over k routed tokens: about 6 x hidden_size values per routed token with a fused
   attention kernel (CPU and CUDA `scaled_dot_product_attention`), plus k^2 x heads x 2 values without one;
-- decoder: per pixel of a tile plus its context, the last fusion block's inputs and outputs at full
-  resolution (2 x 64 + 4 + 3 x 32 + 2 x 16 = 260 values for ViTMatte's decoder; 246 measured);
+- decoder: per pixel of a tile plus its context, what the lean decoder keeps alive in its last fusion
+  block (64 upsampled + 2 x 32 partial sums + 4 input + 16 head = 148 values for ViTMatte's decoder;
+  about 136 measured);
 - the padded input and the output alphas, 5 values per pixel, held throughout.
 """
 
@@ -104,10 +105,10 @@ def estimate_peak_bytes(
 
 
 def decoder_values_per_pixel(config: MEMatteConfig) -> int:
-    """Values alive per full-resolution pixel in the last fusion block: the upsampled features, their
-    concatenation with the input, the conv, batch-norm and ReLU outputs, and the head's 16 channels."""
+    """Values alive per full-resolution pixel in the lean decoder's last fusion block: the upsampled
+    features, the two partial convolution sums, the input, and the head's 16 channels."""
     last, before_last = config.fusion_hidden_sizes[-1], config.fusion_hidden_sizes[-2]
-    return 2 * before_last + config.num_channels + 3 * last + 2 * 16
+    return before_last + 2 * last + config.num_channels + 16
 
 
 def plan_memory(

@@ -133,3 +133,23 @@ def test_state_dict_loader_rejects_non_tensor_payload(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(CheckpointError, match="not a MEMatte checkpoint"):
         load_upstream_state_dict(path)
+
+
+def test_push_to_hub_without_network_keeps_the_local_folder(upstream_checkpoint, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _, _, path = upstream_checkpoint
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    result = subprocess.run(
+        [sys.executable, "-m", "mematte_hf.cli", "convert", str(path), str(tmp_path / "out"), "--push-to-hub", "me/x"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "could not reach the Hugging Face Hub" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "config.json").is_file()

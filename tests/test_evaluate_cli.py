@@ -1,6 +1,5 @@
 """`mematte evaluate` end to end on small PNGs, and the test-set layouts it recognises."""
 
-import importlib
 import json
 from pathlib import Path
 
@@ -12,19 +11,6 @@ from mematte_hf import cli
 from mematte_hf.errors import InputError
 from mematte_hf.eval_data import EvalSample, detect_layout, find_evaluation_samples
 from mematte_hf.metrics import METRIC_NAMES, score_image
-
-
-def require_full_cli() -> None:
-    """`mematte` builds its parser from every command module; skip while the CLI is still being assembled."""
-    if "evaluate" not in cli.COMMANDS:
-        pytest.skip("`evaluate` is not registered in mematte_hf.cli.COMMANDS yet")
-    for name in cli.COMMANDS:
-        try:
-            importlib.import_module(f"mematte_hf.commands.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"mematte_hf.commands.{name}":
-                pytest.skip(f"the mematte CLI cannot start yet: mematte_hf.commands.{name} does not exist")
-            raise
 
 
 def save_png(path: Path, array: np.ndarray) -> Path:
@@ -77,7 +63,6 @@ def folder_args(root: Path) -> list[str]:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_evaluate_scores_predictions(tmp_path, capsys, workers):
-    require_full_cli()
     expected = write_prediction_folders(tmp_path, {"b_wide": (40, 64), "a_tall": (72, 48), "c_square": (56, 56)})
 
     assert cli.main([*folder_args(tmp_path), "--workers", workers]) == 0
@@ -97,7 +82,6 @@ def test_evaluate_scores_predictions(tmp_path, capsys, workers):
 
 
 def test_missing_partner_is_named(tmp_path, capsys):
-    require_full_cli()
     write_prediction_folders(tmp_path, {"one": (32, 32), "two": (32, 32)})
     (tmp_path / "alphas" / "two.png").unlink()
     (tmp_path / "predictions" / "one.png").unlink()
@@ -111,7 +95,6 @@ def test_missing_partner_is_named(tmp_path, capsys):
 
 
 def test_prediction_of_the_wrong_size_names_the_image(tmp_path, capsys):
-    require_full_cli()
     write_prediction_folders(tmp_path, {"good": (32, 32), "resized": (32, 40)})
     save_png(tmp_path / "predictions" / "resized.png", np.zeros((16, 20), np.uint8))
 
@@ -122,7 +105,6 @@ def test_prediction_of_the_wrong_size_names_the_image(tmp_path, capsys):
 
 
 def test_mixing_the_two_modes_is_refused(tmp_path, capsys):
-    require_full_cli()
     write_prediction_folders(tmp_path, {"one": (32, 32)})
 
     assert cli.main([*folder_args(tmp_path), "--model", "some/model"]) != 0
@@ -223,12 +205,8 @@ def test_two_files_with_one_stem_are_ambiguous(tmp_path):
 
 
 def test_evaluate_runs_a_model_then_scores(tmp_path, capsys):
-    require_full_cli()
-    try:
-        from mematte_hf.predictor import MEMattePredictor
-    except ImportError as error:
-        pytest.skip(f"mematte_hf.predictor is not available yet ({error})")
     from mematte_hf.convert import build_image_processor
+    from mematte_hf.predictor import MEMattePredictor
     from tests.utils import tiny_model
 
     model_dir = tmp_path / "model"

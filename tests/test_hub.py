@@ -21,13 +21,10 @@ from mematte_hf import hub
 from mematte_hf.errors import HubError, InputError
 from mematte_hf.hub import check_checkpoint_folder, push_to_hub
 
-# Runs the real `mematte` dispatcher with `push` registered. Sub-commands that do not exist yet are left out,
-# so that this test depends only on the dispatcher and `push`; once all exist the list is unchanged.
+# Runs the real `mematte` dispatcher in a fresh process, so that the Hub settings come from its environment.
 PUSH_SCRIPT = """
-import importlib.util, sys
+import sys
 import mematte_hf.cli as cli
-names = [name for name in cli.COMMANDS if importlib.util.find_spec(f"mematte_hf.commands.{name}")]
-cli.COMMANDS = tuple(names if "push" in names else [*names, "push"])
 sys.exit(cli.main(sys.argv[1:]))
 """
 
