@@ -111,8 +111,11 @@ class MEMattePredictor:
         self.dtype = resolve_dtype(dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.processor = processor if processor is not None else build_image_processor()
-        if max_global_tokens not in (None, "auto") and not (isinstance(max_global_tokens, int) and max_global_tokens >= 0):
-            raise InputError(f"max_global_tokens must be a positive integer, 0, None or 'auto', got {max_global_tokens!r}")
+        valid_cap = isinstance(max_global_tokens, int) and max_global_tokens >= 0
+        if max_global_tokens not in (None, "auto") and not valid_cap:
+            raise InputError(
+                f"max_global_tokens must be a positive integer, 0, None or 'auto', got {max_global_tokens!r}"
+            )
         self.max_global_tokens = max_global_tokens
         self.memory_budget = parse_bytes(memory_budget) if memory_budget is not None else None
         self.decoder_tile_size = decoder_tile_size

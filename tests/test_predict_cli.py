@@ -78,7 +78,8 @@ def test_trimap_without_unknown_region_is_said_and_written(model_dir, tmp_path, 
     Image.fromarray(np.where(trimap == 255, 255, 0).astype(np.uint8)).save(tmp_path / "t.png")
     assert predict(model_dir, tmp_path / "i.png", "--trimap", tmp_path / "t.png", "--output", tmp_path / "o") == 0
     assert "no unknown (grey) region" in capsys.readouterr().err
-    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "o" / "i_alpha.png")), np.array(Image.open(tmp_path / "t.png")))
+    written = np.array(Image.open(tmp_path / "o" / "i_alpha.png"))
+    np.testing.assert_array_equal(written, np.array(Image.open(tmp_path / "t.png")))
 
 
 def _single_error(model_dir, capsys, *arguments) -> str:

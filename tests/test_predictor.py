@@ -83,7 +83,8 @@ def test_every_input_kind_gives_the_same_matte(predictor, tmp_path):
         "RGB trimap file": (image, _save(np.dstack([trimap] * 3), tmp_path / "t3.png")),
     }
     for name, (image_source, trimap_source) in variants.items():
-        np.testing.assert_allclose(predictor.predict(image_source, trimap_source).alpha, reference, atol=1e-6, err_msg=name)
+        alpha = predictor.predict(image_source, trimap_source).alpha
+        np.testing.assert_allclose(alpha, reference, atol=1e-6, err_msg=name)
 
 
 def test_grayscale_palette_cmyk_and_16bit_images_are_read(predictor, tmp_path):
