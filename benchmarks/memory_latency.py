@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -61,24 +60,6 @@ def build_models(kind: str, routed_fraction: float, tile_size: int, max_global_t
     return model, fractions
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_resident_bytes() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("VmHWM not found")
-
-
-def _reset_peak_resident() -> None:
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-
-
 def worker(args: argparse.Namespace) -> dict:
     """One measurement in this (fresh) process; prints a JSON line."""
     import torch
@@ -89,23 +70,16 @@ def worker(args: argparse.Namespace) -> dict:
     dtype = getattr(torch, args.dtype)
     model = model.to(device=device, dtype=dtype)
     pixel_values = synthetic_inputs(args.size).to(device=device, dtype=dtype)
+    from mematte_hf.memory import measure_peak_memory
+
     result = {"kind": args.kind, "size": args.size, "calibrated_fractions": calibrated}
     with torch.inference_mode():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-        else:
-            before = _resident_bytes()
-            _reset_peak_resident()
-        start = time.perf_counter()
-        output = model(pixel_values)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() - before
-        else:
-            peak = _peak_resident_bytes() - before
-        first = time.perf_counter() - start
+        with measure_peak_memory(device) as peak:
+            start = time.perf_counter()
+            output = model(pixel_values)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            first = time.perf_counter() - start
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
@@ -113,13 +87,27 @@ def worker(args: argparse.Namespace) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-    result["peak_bytes"] = peak
+    result["peak_bytes"] = peak.bytes
     result["first_seconds"] = first
     result["median_seconds"] = statistics.median(times) if times else first
     if args.kind == "mematte":
         result["routed_fraction"] = [float(mask.float().mean()) for mask in output.routing_masks]
         result["tokens"] = int(output.routing_masks[0][0].numel())
     return result
+
+
+def repeats_for(args: argparse.Namespace, size: int) -> int:
+    """Timed runs after the first: all of them up to --repeat-limit, one up to 4096 px, none above."""
+    if size <= args.repeat_limit:
+        return args.repeats
+    return 1 if size <= 4096 else 0
+
+
+def vitmatte_estimated_bytes(size: int) -> int:
+    """transformers' ViTMatte keeps about three heads x N x N float32 attention matrices alive at once in a
+    global block (scores, scores plus relative positions, softmax)."""
+    tokens = (size // 16) ** 2
+    return 3 * VIT_S["num_attention_heads"] * tokens * tokens * 4
 
 
 def run_in_subprocess(args: argparse.Namespace, kind: str, size: int) -> dict:
@@ -136,7 +124,7 @@ def run_in_subprocess(args: argparse.Namespace, kind: str, size: int) -> dict:
         "--dtype",
         args.dtype,
         "--repeats",
-        str(args.repeats if size <= args.repeat_limit else 0),
+        str(repeats_for(args, size)),
         "--routed-fraction",
         str(args.routed_fraction),
         "--tile-size",
@@ -160,7 +148,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--repeat-limit", type=int, default=2048, help="above this size, time the first run only")
+    parser.add_argument(
+        "--repeat-limit", type=int, default=2048, help="above this, one timed run up to 4096 px, none beyond"
+    )
     parser.add_argument("--routed-fraction", type=float, default=0.25)
     parser.add_argument("--tile-size", type=int, default=512, help="MEMatte decoder tile (0 = whole image)")
     parser.add_argument("--max-global-tokens", type=int, default=None, help="MEMatte cap k (default 18500)")
@@ -173,11 +163,18 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
+    import torch
+
+    from mematte_hf.memory import available_memory
+
     rows = []
     for size in args.sizes:
         row = {"size": size, "mematte": run_in_subprocess(args, "mematte", size)}
-        if size <= args.vitmatte_max_size:
+        estimate = vitmatte_estimated_bytes(size)
+        if size <= args.vitmatte_max_size and estimate < 0.8 * available_memory(torch.device(args.device)):
             row["vitmatte"] = run_in_subprocess(args, "vitmatte", size)
+        else:
+            row["vitmatte_skipped"] = f"estimated {estimate / 2**30:.1f} GiB of attention matrices: does not fit"
         rows.append(row)
         print(format_row(row), flush=True)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -204,6 +201,8 @@ def format_row(row: dict) -> str:
         )
     elif vitmatte:
         text += f" | ViTMatte failed: {vitmatte['error']}"
+    else:
+        text += f" | ViTMatte not run: {row['vitmatte_skipped']}"
     return text
 
 

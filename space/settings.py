@@ -1,0 +1,109 @@
+"""What the Space is configured with: model ids, limits, server address, from the command line or environment.
+
+Every option has an environment equivalent so that a Hugging Face Space (which runs ``python app.py`` with no
+arguments) is configured from its *Variables* settings. The command line wins over the environment, which
+wins over the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+#: The converted MEMatte ViT-S checkpoint trained on Composition-1K (the `mematte convert` output).
+DEFAULT_MODEL = "mematte-hf/mematte-vits-composition1k"
+#: SAM ViT-B: the smallest original SAM; clicks only run its light decoder, the encoder once per photo.
+DEFAULT_SAM_MODEL = "facebook/sam-vit-base"
+#: 24 megapixels: above a 4K frame (8.3 MP) and the 12-20 MP of phone cameras, and a matte of that size fits
+#: a ZeroGPU slice with the automatic cap. Larger uploads are refused with a message saying so.
+DEFAULT_MAX_PIXELS = 24_000_000
+#: Upload limit enforced by gradio before any decoding: a 24 MP PNG is about 40-70 MB, a JPEG far less.
+DEFAULT_MAX_FILE_SIZE = "80mb"
+#: How long a finished result's download files stay on the server before they are deleted.
+DEFAULT_KEEP_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app reads at startup."""
+
+    model: str = DEFAULT_MODEL
+    sam_model: str = DEFAULT_SAM_MODEL
+    host: str | None = None
+    port: int | None = None
+    device: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_size: str = DEFAULT_MAX_FILE_SIZE
+    memory_budget: str | None = None
+    concurrency: int = 1
+    keep_seconds: int = DEFAULT_KEEP_SECONDS
+    share: bool = False
+
+
+# option name -> environment variable
+ENVIRONMENT = {
+    "model": "MEMATTE_MODEL",
+    "sam_model": "MEMATTE_SAM_MODEL",
+    "host": "GRADIO_SERVER_NAME",
+    "port": "GRADIO_SERVER_PORT",
+    "device": "MEMATTE_DEVICE",
+    "max_pixels": "MEMATTE_MAX_PIXELS",
+    "max_file_size": "MEMATTE_MAX_FILE_SIZE",
+    "memory_budget": "MEMATTE_MEMORY_BUDGET",
+    "concurrency": "MEMATTE_CONCURRENCY",
+    "keep_seconds": "MEMATTE_KEEP_SECONDS",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python app.py``; defaults are None so that the environment can fill them."""
+    parser = argparse.ArgumentParser(
+        prog="app.py",
+        description="MEMatte demo: clicks -> SAM mask -> trimap -> full-resolution alpha matte.",
+    )
+    add = parser.add_argument
+    add("--model", help=f"MEMatte Hub id or local folder (env MEMATTE_MODEL; default {DEFAULT_MODEL})")
+    add("--sam-model", help=f"SAM Hub id or local folder (env MEMATTE_SAM_MODEL; default {DEFAULT_SAM_MODEL})")
+    add("--host", help="address to listen on (env GRADIO_SERVER_NAME; default 127.0.0.1, 0.0.0.0 on a Space)")
+    add("--port", type=int, help="port (env GRADIO_SERVER_PORT; default 7860 or the next free one)")
+    add("--device", help="cpu, cuda or cuda:N (env MEMATTE_DEVICE; default CUDA when available)")
+    add("--max-pixels", type=int, help=f"largest photo in pixels (env MEMATTE_MAX_PIXELS; {DEFAULT_MAX_PIXELS})")
+    add("--max-file-size", help=f"largest upload, e.g. 80mb (env MEMATTE_MAX_FILE_SIZE; {DEFAULT_MAX_FILE_SIZE})")
+    add("--memory-budget", help="memory the automatic cap may plan for, e.g. 6GB (env MEMATTE_MEMORY_BUDGET)")
+    add("--concurrency", type=int, help="mattes computed at once (env MEMATTE_CONCURRENCY; default 1)")
+    add("--keep-seconds", type=int, help="how long download files are kept (env MEMATTE_KEEP_SECONDS; 3600)")
+    add("--share", action="store_true", help="also open a public gradio.live link")
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the command line, then the environment, then the defaults."""
+    args = build_parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {"share": bool(args.share)}
+    for name, variable in ENVIRONMENT.items():
+        value = getattr(args, name)
+        if value is None and environ.get(variable, "").strip():
+            value = _from_environment(name, variable, environ[variable].strip())
+        if value is not None:
+            values[name] = value
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _from_environment(name: str, variable: str, text: str) -> object:
+    if name not in ("port", "max_pixels", "concurrency", "keep_seconds"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise SystemExit(f"app.py: error: {variable}={text!r} is not a whole number") from None
+
+
+def _check(settings: Settings) -> None:
+    for name in ("max_pixels", "concurrency", "keep_seconds"):
+        if getattr(settings, name) < 1:
+            raise SystemExit(f"app.py: error: --{name.replace('_', '-')} must be at least 1")

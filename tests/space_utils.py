@@ -1,0 +1,119 @@
+"""Shared helpers for the Space tests: tiny random models saved to folders, synthetic photos, and the app
+launched as a subprocess on a free localhost port (as `python app.py` runs on a Space)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "app.py"
+STARTUP_SECONDS = 180  # importing torch + gradio on a busy 2-core machine takes a while
+
+
+def save_tiny_mematte(folder: Path, seed: int = 0) -> Path:
+    """A tiny random MEMatte (4 blocks, 2 routers) with the MEMatte image processor, saved like a checkpoint."""
+    from mematte_hf.convert import build_image_processor
+    from tests.utils import tiny_model
+
+    tiny_model(seed=seed).save_pretrained(folder)
+    build_image_processor().save_pretrained(folder)
+    return folder
+
+
+def save_tiny_sam(folder: Path, seed: int = 0) -> Path:
+    """A tiny random transformers SAM with its processor (the tiny configs of the segmentation tests)."""
+    from transformers import SamProcessor
+
+    from tests.test_segmentation import tiny_image_processor
+    from tests.test_segmentation import tiny_model as tiny_sam_model
+
+    tiny_sam_model("sam", seed=seed).save_pretrained(folder)
+    SamProcessor(tiny_image_processor()).save_pretrained(folder)
+    return folder
+
+
+def disc_photo(width: int, height: int) -> np.ndarray:
+    """A bright soft-edged disc on a horizontal gradient: an object with an edge to click on."""
+    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    radius = 0.3 * min(height, width)
+    distance = np.hypot(yy - height / 2, xx - width / 2)
+    inside = np.clip((radius - distance) / 4 + 0.5, 0, 1)[..., None]
+    backdrop = np.stack([xx / width * 120 + 30, np.full_like(xx, 60), 180 - xx / width * 120], axis=-1)
+    disc = np.array([235, 200, 90], dtype=np.float32)
+    return np.rint(inside * disc + (1 - inside) * backdrop).astype(np.uint8)
+
+
+def save_photo(path: Path, width: int, height: int) -> Path:
+    Image.fromarray(disc_photo(width, height)).save(path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def app_env(tmp: Path) -> dict[str, str]:
+    """Offline, no telemetry, gradio's cache in the test's own folder, one torch thread (tiny models)."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        GRADIO_ANALYTICS_ENABLED="False",
+        GRADIO_TEMP_DIR=str(tmp / "gradio"),
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("MEMATTE_MODEL", None)
+    env.pop("MEMATTE_SAM_MODEL", None)
+    env.pop("SPACES_ZERO_GPU", None)
+    return env
+
+
+@contextlib.contextmanager
+def running_app(tmp: Path, model: Path, sam: Path, *extra: str) -> Iterator[str]:
+    """Run `python app.py` on a free port until the block ends; yields its URL."""
+    port = free_port()
+    log_path = tmp / f"app-{port}.log"
+    command = [sys.executable, str(APP), "--model", str(model), "--sam-model", str(sam)]
+    command += ["--host", "127.0.0.1", "--port", str(port), *extra]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=app_env(tmp), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_serving(url, process, log_path)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
+        try:
+            with urllib.request.urlopen(url + "config", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the app did not answer within {STARTUP_SECONDS} s:\n{log_path.read_text(errors='replace')}")
