@@ -3,7 +3,9 @@
 The estimate is a model of MEMatte's inference peak, with coefficients measured on CPU in float32
 (`benchmarks/memory_latency.py`) and scaled by the element size for other dtypes:
 
-- backbone: about 14 x hidden_size values per token (window attention, MLP, LTRM and their inputs);
+- backbone: about 8 x hidden_size values per token (the window blocks and MLPs run in row bands at
+  inference, so the full-grid LTRM of the routed blocks and the block inputs set the peak; 6.4 measured
+  at 4096 px);
 - global attention over k routed tokens: about 6 x hidden_size values per routed token with a fused
   attention kernel (CPU and CUDA `scaled_dot_product_attention`), plus k^2 x heads x 2 values without one;
 - decoder: per pixel of a tile plus its context, what the lean decoder keeps alive in its last fusion
@@ -26,7 +28,7 @@ import torch
 from .configuration_mematte import MEMatteConfig
 from .errors import InputError
 
-BACKBONE_VALUES_PER_TOKEN_PER_CHANNEL = 14
+BACKBONE_VALUES_PER_TOKEN_PER_CHANNEL = 8
 ATTENTION_VALUES_PER_ROUTED_TOKEN_PER_CHANNEL = 6
 PERSISTENT_VALUES_PER_PIXEL = 5
 TILE_SIZES = (512, 256, 128)

@@ -36,6 +36,10 @@ from .losses import MattingLoss
 
 logger = logging.get_logger(__name__)
 
+# At inference, per-token work runs in row bands of about this many tokens: cache-sized tensors that the
+# allocator reuses, instead of image-sized ones that are page-faulted in afresh by every operation.
+INFERENCE_BAND_TOKENS = 4096
+
 # Index 0 of a router's log-probabilities means "send to global attention", index 1 "send to the LTRM"
 # (the paper's text has them the other way round; the released weights use 0 for attention).
 TO_GLOBAL, TO_LTRM = 0, 1
@@ -304,7 +308,12 @@ class MEMatteRoutedLayer(nn.Module):
             branch = self._routed(hidden_states, decisions)
             decisions = decisions.to(hidden_states.dtype)
         hidden_states = hidden_states + self.drop_path(branch)
-        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+        if self.training:
+            hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+        else:
+            for band in row_bands(hidden_states.shape[1], hidden_states.shape[2], multiple=1):
+                rows = hidden_states[:, band]
+                rows += self.mlp(self.norm2(rows))  # per token, so band by band is the same
         hidden_states = hidden_states.permute(0, 3, 1, 2)
         if self.residual is not None:
             hidden_states = self.residual(hidden_states)
@@ -341,6 +350,27 @@ class MEMatteRoutedLayer(nn.Module):
         gate = decisions.unsqueeze(-1).to(attended.dtype)
         branch = attended * gate + refined * (1.0 - gate)
         return branch.reshape(batch_size, height, width, dim), decisions
+
+
+def row_bands(height: int, width: int, multiple: int) -> list[slice]:
+    """Row ranges of about `INFERENCE_BAND_TOKENS` tokens whose starts are multiples of `multiple`."""
+    rows = max(1, INFERENCE_BAND_TOKENS // (width * multiple)) * multiple
+    return [slice(start, min(start + rows, height)) for start in range(0, height, rows)]
+
+
+def run_window_layer(layer: VitDetLayer, hidden_states: torch.Tensor) -> torch.Tensor:
+    """A ViTDet window block, at inference band by band.
+
+    Bands start at multiples of the window size, so every band holds whole windows, padded exactly as the
+    whole grid would be; attention never crosses a window and the rest is per token, so the result is the
+    same. Blocks with a residual conv block (3x3 convolutions) or in training run whole.
+    """
+    if layer.training or layer.use_residual_block or not layer.window_size:
+        return layer(hidden_states)[0]
+    bands = row_bands(hidden_states.shape[2], hidden_states.shape[3], multiple=layer.window_size)
+    if len(bands) == 1:
+        return layer(hidden_states)[0]
+    return torch.cat([layer(hidden_states[:, :, band])[0] for band in bands], dim=2)
 
 
 class MEMatteBackbone(nn.Module):
@@ -381,7 +411,7 @@ class MEMatteBackbone(nn.Module):
                 if layer_log_probs is not None:
                     log_probs.append(layer_log_probs.reshape(*grid, 2))
             else:
-                hidden_states = layer(hidden_states)[0]
+                hidden_states = run_window_layer(layer, hidden_states)
         if all_hidden_states is not None:
             all_hidden_states.append(hidden_states)
         return MEMatteBackboneOutput(
@@ -427,11 +457,13 @@ def lean_detail_capture(decoder: VitMatteDetailCaptureModule, features: torch.Te
         detail = details.pop()  # D3, D2, D1, then the input itself
         detail_channels = detail.shape[1]
         weight, bias = _folded_conv(block.conv.conv, block.conv.batch_norm)
-        fused = F.conv2d(detail, weight[:, :detail_channels], bias, padding=1)
-        del detail
+        # The upsampled map is the largest tensor: convolve it first and free it before the detail term.
         upsampled = F.interpolate(features, scale_factor=2, mode="bilinear", align_corners=False)
-        fused += F.conv2d(upsampled, weight[:, detail_channels:], None, padding=1)
+        del features
+        fused = F.conv2d(upsampled, weight[:, detail_channels:], bias, padding=1)
         del upsampled
+        fused += F.conv2d(detail, weight[:, :detail_channels], None, padding=1)
+        del detail
         features = fused.relu_()
     head = decoder.matting_head.matting_convs
     weight, bias = _folded_conv(head[0], head[1])
@@ -464,12 +496,14 @@ def decode_in_tiles(
     height, width = pixel_values.shape[-2:]
     padded_height = math.ceil(height / tile_size) * tile_size
     padded_width = math.ceil(width / tile_size) * tile_size
-    pixels = F.pad(pixel_values, (0, padded_width - width, 0, padded_height - height))
-    features = F.pad(
-        features,
-        (0, padded_width // patch_size - features.shape[-1], 0, padded_height // patch_size - features.shape[-2]),
-    )
-    alphas = pixel_values.new_empty(pixel_values.shape[0], 1, padded_height, padded_width)
+    if (padded_height, padded_width) != (height, width):  # F.pad copies even when it adds nothing
+        pixel_values = F.pad(pixel_values, (0, padded_width - width, 0, padded_height - height))
+        features = F.pad(
+            features,
+            (0, padded_width // patch_size - features.shape[-1], 0, padded_height // patch_size - features.shape[-2]),
+        )
+    pixels = pixel_values
+    alphas = pixels.new_empty(pixels.shape[0], 1, padded_height, padded_width)
     for top in range(0, padded_height, tile_size):
         for left in range(0, padded_width, tile_size):
             y0, x0 = max(top - context, 0), max(left - context, 0)
