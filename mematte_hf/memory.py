@@ -8,9 +8,9 @@ The estimate is a model of MEMatte's inference peak, with coefficients measured 
   at 4096 px);
 - global attention over k routed tokens: about 6 x hidden_size values per routed token with a fused
   attention kernel (CPU and CUDA `scaled_dot_product_attention`), plus k^2 x heads x 2 values without one;
-- decoder: per pixel of a tile plus its context, what the lean decoder keeps alive in its last fusion
-  block (64 upsampled + 2 x 32 partial sums + 4 input + 16 head = 148 values for ViTMatte's decoder;
-  about 136 measured);
+- decoder: per pixel of a tile plus its context, what the lean decoder keeps alive in its half-resolution
+  fusion block (the full-resolution block and the head run in row chunks): (128 upsampled + 2 x 64 partial
+  sums + 48 detail) / 4 = 76 values for ViTMatte's decoder;
 - the padded input and the output alphas, 5 values per pixel, held throughout.
 """
 
@@ -107,10 +107,10 @@ def estimate_peak_bytes(
 
 
 def decoder_values_per_pixel(config: MEMatteConfig) -> int:
-    """Values alive per full-resolution pixel in the lean decoder's last fusion block: the upsampled
-    features, the two partial convolution sums, the input, and the head's 16 channels."""
-    last, before_last = config.fusion_hidden_sizes[-1], config.fusion_hidden_sizes[-2]
-    return before_last + 2 * last + config.num_channels + 16
+    """Values alive per full-resolution pixel in the lean decoder's half-resolution fusion block: the upsampled
+    features, the two partial convolution sums and the detail map, at a quarter of the pixels."""
+    upsampled, fused = config.fusion_hidden_sizes[-3], config.fusion_hidden_sizes[-2]
+    return (upsampled + 2 * fused + config.convstream_hidden_sizes[0]) // 4
 
 
 def plan_memory(

@@ -437,8 +437,9 @@ def lean_detail_capture(decoder: VitMatteDetailCaptureModule, features: torch.Te
 
     Batch norms are folded into their convolutions, activations run in place, each fusion block's
     convolution over `concat(detail, upsampled)` is computed as the sum of two convolutions (so the
-    concatenation is never built), and every detail map is freed once its fusion block has used it.
-    This roughly halves the decoder's peak, which dominates MEMatte's memory up to about 2K pixels.
+    concatenation is never built), every detail map is freed once used, and the last fusion block and the
+    head, which work at full resolution, run in row chunks with exact halos. The decoder's peak drops to a
+    fraction; it dominates MEMatte's memory up to about 2K pixels.
 
     Args:
         features: (batch_size, C, height // 16, width // 16); pixel_values: (batch_size, 4, height, width).
@@ -453,22 +454,55 @@ def lean_detail_capture(decoder: VitMatteDetailCaptureModule, features: torch.Te
         hidden = F.conv2d(hidden, weight, bias, stride=2, padding=1).relu_()
         details.append(hidden)
     del hidden
-    for block in decoder.fusion_blocks:
-        detail = details.pop()  # D3, D2, D1, then the input itself
-        detail_channels = detail.shape[1]
-        weight, bias = _folded_conv(block.conv.conv, block.conv.batch_norm)
-        # The upsampled map is the largest tensor: convolve it first and free it before the detail term.
-        upsampled = F.interpolate(features, scale_factor=2, mode="bilinear", align_corners=False)
-        del features
-        fused = F.conv2d(upsampled, weight[:, detail_channels:], bias, padding=1)
-        del upsampled
-        fused += F.conv2d(detail, weight[:, :detail_channels], None, padding=1)
-        del detail
-        features = fused.relu_()
+    for block in decoder.fusion_blocks[:-1]:
+        features = _fuse(block, features, details.pop()).relu_()  # with D3, D2, D1
+    return _last_fusion_and_head(decoder, features, pixel_values)
+
+
+def _fuse(block: nn.Module, features: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+    """A fusion block: upsample the features x2, then its folded convolution over concat(detail, upsampled)."""
+    upsampled = F.interpolate(features, scale_factor=2, mode="bilinear", align_corners=False)
+    return _fuse_upsampled(block, upsampled, detail)
+
+
+def _last_fusion_and_head(decoder: VitMatteDetailCaptureModule, features: torch.Tensor, pixel_values: torch.Tensor):
+    """The last fusion block and the matting head, in chunks of output rows.
+
+    Output rows [r0, r1) need the fused map on rows [r0 - 1, r1 + 1) (the head's 3x3 conv), which needs the
+    input and the upsampled features on rows [r0 - 2, r1 + 2) (the fusion's 3x3 conv), which bilinear
+    upsampling computes exactly from input rows [(r0 - 2) // 2 - 1, (r1 + 3) // 2 + 1). Halos are clipped only
+    at the image's own border, where the whole-image computation pads and clamps the same way.
+    """
+    block = decoder.fusion_blocks[-1]
     head = decoder.matting_head.matting_convs
-    weight, bias = _folded_conv(head[0], head[1])
-    hidden = F.conv2d(features, weight, bias, padding=1).relu_()
-    return torch.sigmoid_(head[3](hidden))
+    head_weight, head_bias = _folded_conv(head[0], head[1])
+    height, width = pixel_values.shape[-2:]
+    rows = max(16, INFERENCE_BAND_TOKENS * 16 // width)
+    alphas = pixel_values.new_empty(pixel_values.shape[0], 1, height, width)
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        f0, f1 = max(r0 - 1, 0), min(r1 + 1, height)
+        u0, u1 = max(r0 - 2, 0), min(r1 + 2, height)
+        i0, i1 = max(u0 // 2 - 1, 0), min((u1 + 1) // 2 + 1, features.shape[-2])
+        upsampled_rows = slice(u0 - 2 * i0, u1 - 2 * i0)
+        chunk_features = F.interpolate(
+            features[..., i0:i1, :], scale_factor=2, mode="bilinear", align_corners=False
+        )[..., upsampled_rows, :]
+        fused = _fuse_upsampled(block, chunk_features, pixel_values[..., u0:u1, :])
+        fused = fused[..., f0 - u0 : f1 - u0, :].relu_()
+        hidden = F.conv2d(fused, head_weight, head_bias, padding=1)[..., r0 - f0 : r1 - f0, :].relu_()
+        alphas[..., r0:r1, :] = torch.sigmoid_(head[3](hidden))
+    return alphas
+
+
+def _fuse_upsampled(block: nn.Module, upsampled: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+    """A fusion block's folded convolution over concat(detail, upsampled), as the sum of two convolutions so
+    that the concatenation is never built; the upsampled map, the larger input, is used first."""
+    weight, bias = _folded_conv(block.conv.conv, block.conv.batch_norm)
+    detail_channels = detail.shape[1]
+    fused = F.conv2d(upsampled, weight[:, detail_channels:], bias, padding=1)
+    fused += F.conv2d(detail, weight[:, :detail_channels], None, padding=1)
+    return fused
 
 
 def decode_in_tiles(
