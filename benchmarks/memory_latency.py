@@ -12,7 +12,8 @@ the forward (VmHWM after resetting it through /proc/self/clear_refs) minus its r
 CUDA it is `torch.cuda.max_memory_allocated` minus the memory allocated before the forward. Latency is the
 median of `--repeats` forwards after one warm-up.
 
-    python benchmarks/memory_latency.py --sizes 512 1024 1536 2048 4096 --output benchmarks/results
+    pip install -e ".[bench]"   # matplotlib, for the plot
+    python benchmarks/memory_latency.py --sizes 512 1024 1536 2048 4096 8192 --output benchmarks/results
 """
 
 from __future__ import annotations
