@@ -462,7 +462,7 @@ def lean_detail_capture(decoder: VitMatteDetailCaptureModule, features: torch.Te
 def _fuse(block: nn.Module, features: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
     """A fusion block: upsample the features x2, then its folded convolution over concat(detail, upsampled)."""
     upsampled = F.interpolate(features, scale_factor=2, mode="bilinear", align_corners=False)
-    return _fuse_upsampled(block, upsampled, detail)
+    return _fuse_upsampled(*_folded_conv(block.conv.conv, block.conv.batch_norm), upsampled, detail)
 
 
 def _last_fusion_and_head(decoder: VitMatteDetailCaptureModule, features: torch.Tensor, pixel_values: torch.Tensor):
@@ -474,6 +474,7 @@ def _last_fusion_and_head(decoder: VitMatteDetailCaptureModule, features: torch.
     at the image's own border, where the whole-image computation pads and clamps the same way.
     """
     block = decoder.fusion_blocks[-1]
+    fusion_weight, fusion_bias = _folded_conv(block.conv.conv, block.conv.batch_norm)
     head = decoder.matting_head.matting_convs
     head_weight, head_bias = _folded_conv(head[0], head[1])
     height, width = pixel_values.shape[-2:]
@@ -488,17 +489,18 @@ def _last_fusion_and_head(decoder: VitMatteDetailCaptureModule, features: torch.
         chunk_features = F.interpolate(
             features[..., i0:i1, :], scale_factor=2, mode="bilinear", align_corners=False
         )[..., upsampled_rows, :]
-        fused = _fuse_upsampled(block, chunk_features, pixel_values[..., u0:u1, :])
+        fused = _fuse_upsampled(fusion_weight, fusion_bias, chunk_features, pixel_values[..., u0:u1, :])
         fused = fused[..., f0 - u0 : f1 - u0, :].relu_()
         hidden = F.conv2d(fused, head_weight, head_bias, padding=1)[..., r0 - f0 : r1 - f0, :].relu_()
         alphas[..., r0:r1, :] = torch.sigmoid_(head[3](hidden))
     return alphas
 
 
-def _fuse_upsampled(block: nn.Module, upsampled: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+def _fuse_upsampled(
+    weight: torch.Tensor, bias: torch.Tensor, upsampled: torch.Tensor, detail: torch.Tensor
+) -> torch.Tensor:
     """A fusion block's folded convolution over concat(detail, upsampled), as the sum of two convolutions so
     that the concatenation is never built; the upsampled map, the larger input, is used first."""
-    weight, bias = _folded_conv(block.conv.conv, block.conv.batch_norm)
     detail_channels = detail.shape[1]
     fused = F.conv2d(upsampled, weight[:, detail_channels:], bias, padding=1)
     fused += F.conv2d(detail, weight[:, :detail_channels], None, padding=1)
@@ -536,14 +538,13 @@ def decode_in_tiles(
             features,
             (0, padded_width // patch_size - features.shape[-1], 0, padded_height // patch_size - features.shape[-2]),
         )
-    pixels = pixel_values
-    alphas = pixels.new_empty(pixels.shape[0], 1, padded_height, padded_width)
+    alphas = pixel_values.new_empty(pixel_values.shape[0], 1, padded_height, padded_width)
     for top in range(0, padded_height, tile_size):
         for left in range(0, padded_width, tile_size):
             y0, x0 = max(top - context, 0), max(left - context, 0)
             y1, x1 = min(top + tile_size + context, padded_height), min(left + tile_size + context, padded_width)
             tile_features = features[..., y0 // patch_size : y1 // patch_size, x0 // patch_size : x1 // patch_size]
-            tile_alphas = decoder(tile_features, pixels[..., y0:y1, x0:x1])
+            tile_alphas = decoder(tile_features, pixel_values[..., y0:y1, x0:x1])
             alphas[..., top : top + tile_size, left : left + tile_size] = tile_alphas[
                 ..., top - y0 : top - y0 + tile_size, left - x0 : left - x0 + tile_size
             ]

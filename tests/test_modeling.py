@@ -194,3 +194,31 @@ def test_config_rejects_inconsistent_settings():
         MEMatteConfig(routing_mode="fast")
     with pytest.raises(ValueError, match="decoder_tile_size"):
         MEMatteConfig(decoder_tile_size=100)
+
+
+@pytest.mark.parametrize("band_tokens", [100, 4096])  # 16-row chunks (68 of them) and 2 chunks
+def test_lean_inference_decoder_equals_the_transformers_decoder_across_row_chunks(monkeypatch, band_tokens):
+    from mematte_hf import modeling_mematte
+
+    monkeypatch.setattr(modeling_mematte, "INFERENCE_BAND_TOKENS", band_tokens)
+    model = tiny_model(seed=13, decoder_tile_size=0)
+    generator = torch.Generator().manual_seed(13)
+    pixel_values = torch.randn(2, 4, 1088, 96, generator=generator)
+    features = torch.randn(2, 32, 68, 6, generator=generator)
+    with torch.no_grad():
+        expected = model.decoder(features, pixel_values)  # transformers' module, batch norm in eval mode
+        actual = modeling_mematte.lean_detail_capture(model.decoder, features, pixel_values)
+    assert expected.std() > 1e-3
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+
+
+def test_window_blocks_in_row_bands_equal_the_whole_grid(monkeypatch):
+    from mematte_hf import modeling_mematte
+
+    model = tiny_model(seed=14, decoder_tile_size=0)
+    pixel_values = random_inputs(1, 480, 224, seed=14)  # 30 token rows: several 14-row bands
+    whole = _run(model, pixel_values)
+    monkeypatch.setattr(modeling_mematte, "INFERENCE_BAND_TOKENS", 14 * 14)
+    banded = _run(model, pixel_values)
+    torch.testing.assert_close(banded.alphas, whole.alphas, atol=1e-5, rtol=0)
+    torch.testing.assert_close(banded.backbone_features, whole.backbone_features, atol=1e-5, rtol=0)
