@@ -182,10 +182,8 @@ def convert_checkpoint(
 ) -> Path:
     """Convert an upstream checkpoint into a folder that `from_pretrained` loads (safetensors weights,
     config.json with the Auto-class map and code, preprocessor_config.json)."""
-    from . import register_auto_classes
     from .modeling_mematte import MEMatteForImageMatting
 
-    register_auto_classes()
     state_dict = load_upstream_state_dict(checkpoint_path)
     config = infer_config(
         state_dict, num_heads=num_heads, max_global_tokens=max_global_tokens, decoder_tile_size=decoder_tile_size

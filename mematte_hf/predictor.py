@@ -128,9 +128,7 @@ class MEMattePredictor:
         """Load a MEMatte folder or Hub id (model and image processor) and wrap it."""
         from transformers import AutoImageProcessor, AutoModelForImageMatting
 
-        from . import register_auto_classes
-
-        register_auto_classes()
+        # Importing this package registered "mematte" with the Auto classes.
         model_id_or_path = str(model_id_or_path)
         try:
             model = AutoModelForImageMatting.from_pretrained(model_id_or_path)

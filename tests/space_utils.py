@@ -23,11 +23,9 @@ STARTUP_SECONDS = 180  # importing torch + gradio on a busy 2-core machine takes
 
 def save_tiny_mematte(folder: Path, seed: int = 0) -> Path:
     """A tiny random MEMatte (4 blocks, 2 routers) with the MEMatte image processor, saved like a checkpoint."""
-    from mematte_hf.convert import build_image_processor
-    from tests.utils import tiny_model
+    from tests.utils import save_tiny_checkpoint
 
-    tiny_model(seed=seed).save_pretrained(folder)
-    build_image_processor().save_pretrained(folder)
+    save_tiny_checkpoint(folder, seed=seed)
     return folder
 
 

@@ -205,13 +205,11 @@ def test_two_files_with_one_stem_are_ambiguous(tmp_path):
 
 
 def test_evaluate_runs_a_model_then_scores(tmp_path, capsys):
-    from mematte_hf.convert import build_image_processor
     from mematte_hf.predictor import MEMattePredictor
-    from tests.utils import tiny_model
+    from tests.utils import save_tiny_checkpoint
 
     model_dir = tmp_path / "model"
-    tiny_model(seed=3).save_pretrained(model_dir)
-    build_image_processor().save_pretrained(model_dir)
+    save_tiny_checkpoint(model_dir, seed=3)
     data = tmp_path / "data"
     for index, (height, width) in enumerate([(48, 64), (40, 40)]):
         _, gt, trimap = synthetic_sample(height, width, seed=index)

@@ -7,16 +7,14 @@ import pytest
 from PIL import Image
 
 from mematte_hf.cli import main
-from mematte_hf.convert import build_image_processor
 from tests.test_predictor import scene
-from tests.utils import tiny_model
+from tests.utils import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli_model")
-    tiny_model(seed=41).save_pretrained(folder)
-    build_image_processor().save_pretrained(folder)
+    save_tiny_checkpoint(folder, seed=41)
     return folder
 
 

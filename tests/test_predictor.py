@@ -7,11 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mematte_hf.convert import build_image_processor
 from mematte_hf.errors import InputError
 from mematte_hf.memory import estimate_peak_bytes, plan_memory
 from mematte_hf.predictor import MEMattePredictor
-from tests.utils import tiny_config, tiny_model
+from tests.utils import save_tiny_checkpoint, tiny_config
 
 HEIGHT, WIDTH = 120, 170
 
@@ -19,8 +18,7 @@ HEIGHT, WIDTH = 120, 170
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_mematte")
-    tiny_model(seed=31).save_pretrained(folder)
-    build_image_processor().save_pretrained(folder)
+    save_tiny_checkpoint(folder, seed=31)
     return folder
 
 
@@ -154,9 +152,9 @@ def test_half_precision_on_cpu_stays_close(model_dir, predictor, dtype):
 def test_auto_budget_picks_a_smaller_cap_for_a_smaller_budget_and_the_result_respects_it(tmp_path):
     # A wide backbone with a slim decoder, so that at 1024 px the backbone (and so the cap) sets the peak.
     folder = tmp_path / "wide"
-    model = tiny_model(seed=33, hidden_size=96, convstream_hidden_sizes=[4, 8, 8], fusion_hidden_sizes=[16, 8, 8, 4])
-    model.save_pretrained(folder)
-    build_image_processor().save_pretrained(folder)
+    model = save_tiny_checkpoint(
+        folder, seed=33, hidden_size=96, convstream_hidden_sizes=[4, 8, 8], fusion_hidden_sizes=[16, 8, 8, 4]
+    )
     image, trimap = scene(1024, 1024)
     trimap[:] = 128  # every token is a candidate
     caps = {}

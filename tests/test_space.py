@@ -15,13 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
 from tests.space_utils import APP, ROOT, app_env, running_app, save_photo, save_tiny_mematte, save_tiny_sam
-
-gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
 
 WIDTH, HEIGHT = 1100, 700  # larger than the 1024 px previews: the downloads must still be 1100 x 700
 MAX_PIXELS = 1_000_000  # small, so that a "huge" photo is cheap to make

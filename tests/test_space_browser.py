@@ -62,8 +62,9 @@ def app_url(tmp_path_factory):
 
 @pytest.fixture()
 def page(chromium):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (in the dev extra)")
-    with sync_api.sync_playwright() as playwright:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})

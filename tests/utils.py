@@ -52,6 +52,16 @@ def tiny_model(seed: int = 0, routed_fraction: float | None = 0.4, **overrides) 
     return model
 
 
+def save_tiny_checkpoint(folder, seed: int = 0, **overrides) -> MEMatteForImageMatting:
+    """Save a tiny random MEMatte with the image processor MEMatte checkpoints ship with; return the model."""
+    from mematte_hf.convert import build_image_processor
+
+    model = tiny_model(seed=seed, **overrides)
+    model.save_pretrained(folder)
+    build_image_processor().save_pretrained(folder)
+    return model
+
+
 def random_inputs(batch_size: int = 1, height: int = 96, width: int = 128, seed: int = 0) -> torch.Tensor:
     """Normalised RGB plus a trimap channel in {0, 0.5, 1}, as the processor prepares them."""
     generator = torch.Generator().manual_seed(seed)
