@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from .modeling_mematte import TO_GLOBAL, TO_LTRM, MEMatteForImageMatting, MEMatteRoutedLayer
+from .modeling_mematte import (
+    TO_GLOBAL,
+    TO_LTRM,
+    MEMatteForImageMatting,
+    MEMatteRoutedLayer,
+    resolve_forward_settings,
+)
 
 
 @torch.no_grad()
@@ -20,17 +26,14 @@ def set_routed_fraction(model: MEMatteForImageMatting, pixel_values: torch.Tenso
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
     routed_layers = [layer for layer in model.backbone.encoder.layer if isinstance(layer, MEMatteRoutedLayer)]
-    cap, model.config.max_global_tokens = model.config.max_global_tokens, None
-    try:
-        for index, layer in enumerate(routed_layers):
-            log_probs = model.backbone(pixel_values).router_log_probs[index]
-            margin = (log_probs[..., TO_GLOBAL] - log_probs[..., TO_LTRM]).flatten().float()
-            threshold = torch.quantile(margin, 1.0 - fraction)
-            bias = layer.router.out_proj[-1].bias
-            # log_softmax margins move one for one with the difference of the two output biases.
-            bias[TO_GLOBAL] -= threshold / 2
-            bias[TO_LTRM] += threshold / 2
-        masks = model.backbone(pixel_values).routing_masks
-    finally:
-        model.config.max_global_tokens = cap
+    uncapped = resolve_forward_settings(model.config, model.training, max_global_tokens=0)
+    for index, layer in enumerate(routed_layers):
+        log_probs = model.backbone(pixel_values, uncapped).router_log_probs[index]
+        margin = (log_probs[..., TO_GLOBAL] - log_probs[..., TO_LTRM]).flatten().float()
+        threshold = torch.quantile(margin, 1.0 - fraction)
+        bias = layer.router.out_proj[-1].bias
+        # log_softmax margins move one for one with the difference of the two output biases.
+        bias[TO_GLOBAL] -= threshold / 2
+        bias[TO_LTRM] += threshold / 2
+    masks = model.backbone(pixel_values, uncapped).routing_masks
     return [float(mask.float().mean()) for mask in masks]

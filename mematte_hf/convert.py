@@ -63,9 +63,7 @@ def load_upstream_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         )
     student = {key: value for key, value in state_dict.items() if not key.startswith(TEACHER_PREFIX)}
     if "backbone.pos_embed" not in student:
-        raise CheckpointError(
-            f"{path} has no 'backbone.pos_embed': it is not an upstream MEMatte/ViTMatte checkpoint"
-        )
+        raise CheckpointError(f"{path} has no 'backbone.pos_embed': it is not an upstream MEMatte/ViTMatte checkpoint")
     return student
 
 
@@ -197,11 +195,24 @@ def convert_checkpoint(
     return output_dir
 
 
-def build_image_processor():
-    """The image processor MEMatte checkpoints ship with: ImageNet mean and std (upstream's pixel_mean and
-    pixel_std, not transformers' 0.5 defaults), trimap appended in [0, 1], zero padding to a multiple of 32."""
-    from transformers import VitMatteImageProcessor
-    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+def build_image_processor(**overrides):
+    """The image processor MEMatte checkpoints ship with: upstream's ImageNet mean and std, the trimap appended
+    in [0, 1], zero padding by upstream's rule (see `MEMatteImageProcessor`)."""
+    from .image_processing_mematte import MEMatteImageProcessor
 
-    return VitMatteImageProcessor(image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD))
+    return MEMatteImageProcessor(**overrides)
 
+
+def load_image_processor(model_id_or_path: str | Path, **hub_kwargs):
+    """The image processor of a MEMatte folder or Hub id, as a `MEMatteImageProcessor`.
+
+    Folders written before this project had its own processor carry transformers' `VitMatteImageProcessor`
+    settings: their mean and std are kept and the padding follows upstream's rule, so old folders give upstream's
+    outputs too. A folder without `preprocessor_config.json` gets the default MEMatte processor.
+    """
+    from .image_processing_mematte import MEMatteImageProcessor
+
+    try:
+        return MEMatteImageProcessor.from_pretrained(str(model_id_or_path), **hub_kwargs)
+    except OSError:
+        return build_image_processor()

@@ -23,6 +23,7 @@ Only numpy, scipy.ndimage, PIL and torch are used (no OpenCV, no torchvision).
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -415,7 +416,8 @@ def to_model_inputs(
     image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
     image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
 ) -> dict[str, torch.Tensor]:
-    """Tensors in the layout of ``VitMatteImageProcessor`` (no padding).
+    """Model inputs made by the image processor used at inference (`MEMatteImageProcessor`), unpadded: training
+    crops are multiples of 32, which upstream's rule leaves as they are.
 
     Args:
         image: ``(S, S, 3)`` uint8 RGB; alpha: ``(S, S)`` float in [0, 1]; trimap: ``(S, S)`` uint8.
@@ -424,16 +426,20 @@ def to_model_inputs(
         ``pixel_values`` ``(4, S, S)`` float32 = ((RGB/255 - mean) / std, trimap/255);
         ``labels`` ``(1, S, S)`` float32 alpha; ``trimap`` ``(1, S, S)`` float32 trimap/255.
     """
-    # float64 arithmetic, then float32, as the processor does, so results agree to the last bit or so.
-    rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).double() / 255.0
-    mean = torch.tensor(image_mean, dtype=torch.float64).view(3, 1, 1)
-    std = torch.tensor(image_std, dtype=torch.float64).view(3, 1, 1)
-    tri = torch.from_numpy(np.ascontiguousarray(trimap)).double().unsqueeze(0) / 255.0
+    processor = _image_processor(tuple(image_mean), tuple(image_std))
+    pixel_values = processor(images=image, trimaps=trimap, do_pad=False, return_tensors="pt")["pixel_values"][0]
     return {
-        "pixel_values": torch.cat([(rgb - mean) / std, tri]).float(),
+        "pixel_values": pixel_values,
         "labels": torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32)).unsqueeze(0),
-        "trimap": tri.float(),
+        "trimap": pixel_values[3:].clone(),
     }
+
+
+@functools.lru_cache(maxsize=4)
+def _image_processor(image_mean: tuple[float, ...], image_std: tuple[float, ...]):
+    from .image_processing_mematte import MEMatteImageProcessor
+
+    return MEMatteImageProcessor(image_mean=list(image_mean), image_std=list(image_std))
 
 
 # ---------------------------------------------------------------- dataset

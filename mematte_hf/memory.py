@@ -11,7 +11,9 @@ The estimate is a model of MEMatte's inference peak, with coefficients measured 
 - decoder: per pixel of a tile plus its context, what the lean decoder keeps alive in its half-resolution
   fusion block (the full-resolution block and the head run in row chunks): (128 upsampled + 2 x 64 partial
   sums + 48 detail) / 4 = 76 values for ViTMatte's decoder;
-- the padded input and the output alphas, 5 values per pixel, held throughout.
+- the padded input and the output alphas, 5 values per pixel, held throughout;
+- with the foreground colours asked for in the same call, the foreground estimation after the forward (float32,
+  about `FOREGROUND_BYTES_PER_PIXEL`; `mematte_hf.foreground`), whose peak replaces the forward's.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ import torch
 
 from .configuration_mematte import MEMatteConfig
 from .errors import InputError
+from .image_processing_mematte import padded_size as upstream_padded_size
 
 BACKBONE_VALUES_PER_TOKEN_PER_CHANNEL = 8
 ATTENTION_VALUES_PER_ROUTED_TOKEN_PER_CHANNEL = 6
 PERSISTENT_VALUES_PER_PIXEL = 5
+FOREGROUND_BYTES_PER_PIXEL = 200
 TILE_SIZES = (512, 256, 128)
 # Fraction of the free memory an automatic budget takes: leaves room for the allocator and the rest of the app.
 AUTO_BUDGET_FRACTION = 0.8
@@ -74,10 +78,6 @@ class MemoryPlan:
         )
 
 
-def padded_size(height: int, width: int, multiple: int = 32) -> tuple[int, int]:
-    return math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
-
-
 def estimate_peak_bytes(
     config: MEMatteConfig,
     height: int,
@@ -86,9 +86,15 @@ def estimate_peak_bytes(
     decoder_tile_size: int | None,
     element_size: int = 4,
     fused_attention: bool = True,
+    batch_size: int = 1,
+    with_foreground: bool = False,
+    padded: tuple[int, int] | None = None,
 ) -> int:
-    """Estimated inference peak (bytes above the model weights) for one height x width image."""
-    padded_height, padded_width = padded_size(height, width, 2 * config.patch_size)
+    """Estimated inference peak (bytes above the model weights) for `batch_size` height x width images.
+
+    `padded` is the size the image processor pads to (default: upstream's rule, `MEMatteImageProcessor`).
+    """
+    padded_height, padded_width = padded or upstream_padded_size(height, width, 2 * config.patch_size)
     tokens = (padded_height // config.patch_size) * (padded_width // config.patch_size)
     routed = tokens if not max_global_tokens else min(max_global_tokens, tokens)
     backbone = tokens * config.hidden_size * BACKBONE_VALUES_PER_TOKEN_PER_CHANNEL
@@ -103,7 +109,11 @@ def estimate_peak_bytes(
         tile_height, tile_width = padded_height, padded_width
     decoder = tile_height * tile_width * decoder_values_per_pixel(config)
     persistent = padded_height * padded_width * PERSISTENT_VALUES_PER_PIXEL
-    return int(element_size * (persistent + max(backbone + attention, decoder)))
+    forward = element_size * batch_size * (persistent + max(backbone + attention, decoder))
+    if not with_foreground:
+        return int(forward)
+    foreground = batch_size * height * width * FOREGROUND_BYTES_PER_PIXEL
+    return int(max(forward, foreground))
 
 
 def decoder_values_per_pixel(config: MEMatteConfig) -> int:
@@ -120,22 +130,29 @@ def plan_memory(
     budget_bytes: int,
     element_size: int = 4,
     fused_attention: bool = True,
+    batch_size: int = 1,
+    with_foreground: bool = False,
+    padded: tuple[int, int] | None = None,
 ) -> MemoryPlan:
     """The largest cap and decoder tile whose estimated peak fits `budget_bytes`.
 
     The upstream tile (512) is kept whenever it fits, since it reproduces upstream outputs; smaller tiles
     trade a little decoding time for memory. The cap grows until the budget is used, up to every token.
     """
-    tokens = math.prod(s // config.patch_size for s in padded_size(height, width, 2 * config.patch_size))
+    padded = padded or upstream_padded_size(height, width, 2 * config.patch_size)
+    tokens = math.prod(side // config.patch_size for side in padded)
 
     def estimate(cap: int, tile: int) -> int:
-        return estimate_peak_bytes(config, height, width, cap, tile, element_size, fused_attention)
+        return estimate_peak_bytes(
+            config, height, width, cap, tile, element_size, fused_attention, batch_size, with_foreground, padded
+        )
 
     tile = next((t for t in TILE_SIZES if estimate(1, t) <= budget_bytes), None)
     if tile is None:
+        what = f"{batch_size} images of {width} x {height}" if batch_size > 1 else f"a {width} x {height} image"
         raise InputError(
-            f"a {width} x {height} image needs at least {format_bytes(estimate(1, TILE_SIZES[-1]))} but the memory "
-            f"budget is {format_bytes(budget_bytes)}; raise the budget, free memory, or use a smaller image"
+            f"{what} needs at least {format_bytes(estimate(1, TILE_SIZES[-1]))} but the memory budget is "
+            f"{format_bytes(budget_bytes)}; raise the budget, free memory, or use a smaller image"
         )
     low, high = 1, tokens  # binary search: the estimate grows with the cap
     while low < high:

@@ -11,6 +11,7 @@ This file imports only torch, transformers and sibling modules by relative impor
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -31,7 +32,7 @@ from transformers.models.vitdet.modeling_vitdet import (
 from transformers.models.vitmatte.modeling_vitmatte import VitMatteDetailCaptureModule
 from transformers.utils import ModelOutput, logging
 
-from .configuration_mematte import MEMatteConfig
+from .configuration_mematte import ROUTING_MODES, MEMatteConfig
 from .losses import MattingLoss
 
 logger = logging.get_logger(__name__)
@@ -185,12 +186,63 @@ class MEMatteRouter(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(batch_size, num_tokens, C) -> log-probabilities (batch_size, num_tokens, 2)."""
-        projected = self.act(self.in_proj(self.in_norm(tokens)))
-        half = projected.shape[-1] // 2
-        local_part, global_part = projected[..., :half], projected[..., half:]
-        global_part = global_part.mean(dim=1, keepdim=True).expand_as(global_part)
-        return F.log_softmax(self.out_proj(torch.cat([local_part, global_part], dim=-1)), dim=-1)
+        """(batch_size, num_tokens, C) -> float32 log-probabilities (batch_size, num_tokens, 2).
+
+        Always computed in float32, whatever the model's dtype: the decisions are thresholds and a top-k on the
+        margin logp[0] - logp[1], which half precision would flip for every token near the boundary. The router
+        is per token and small, so this costs next to nothing.
+        """
+        with torch.autocast(device_type=tokens.device.type, enabled=False):
+            tokens = tokens.float()
+            normed = F.layer_norm(
+                tokens,
+                self.in_norm.normalized_shape,
+                _float(self.in_norm.weight),
+                _float(self.in_norm.bias),
+                self.in_norm.eps,
+            )
+            projected = self.act(_float_linear(self.in_proj, normed))
+            half = projected.shape[-1] // 2
+            local_part, global_part = projected[..., :half], projected[..., half:]
+            global_part = global_part.mean(dim=1, keepdim=True).expand_as(global_part)
+            scores = torch.cat([local_part, global_part], dim=-1)
+            for module in self.out_proj:
+                scores = _float_linear(module, scores) if isinstance(module, nn.Linear) else module(scores)
+            return F.log_softmax(scores, dim=-1)
+
+
+def _float(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """The tensor in float32 (no copy when it already is)."""
+    return None if tensor is None else tensor.float()
+
+
+def _float_linear(linear: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
+    return F.linear(inputs, _float(linear.weight), _float(linear.bias))
+
+
+class MEMatteLayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (batch_size, C, height, width) map, with transformers' `VitDetLayerNorm`
+    parameter names, as one fused `layer_norm` kernel.
+
+    `VitDetLayerNorm` squares `x - mean` in the input dtype, which overflows float16 once activations pass 256;
+    `F.layer_norm` keeps its statistics in float32 for half-precision inputs.
+    """
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        hidden_state = hidden_state.permute(0, 2, 3, 1)
+        weight, bias = self.weight, self.bias
+        if weight.dtype != hidden_state.dtype:  # routers and norms may be kept in float32 in a half model
+            weight, bias = weight.to(hidden_state.dtype), bias.to(hidden_state.dtype)
+        return F.layer_norm(hidden_state, self.normalized_shape, weight, bias, self.eps).permute(0, 3, 1, 2)
+
+
+def use_float32_statistics(residual: VitDetResBottleneckBlock) -> VitDetResBottleneckBlock:
+    """Swap the residual block's channels-first norms for `MEMatteLayerNorm2d` (same parameters, same maths)."""
+    for name in ("norm1", "norm2", "norm3"):
+        old = getattr(residual, name)
+        new = MEMatteLayerNorm2d(old.normalized_shape, eps=old.eps)
+        setattr(residual, name, new)
+    return residual
 
 
 def select_global_tokens(log_probs: torch.Tensor, max_tokens: int | None) -> torch.Tensor:
@@ -266,6 +318,53 @@ class MEMatteAttention(nn.Module):
         return self._merge_heads(weights.to(values.dtype) @ values)
 
 
+@dataclass(frozen=True)
+class ForwardSettings:
+    """Per-call settings of one forward, resolved against the config (nothing is written to the config, so one
+    model serves concurrent callers with different settings).
+
+    routing_mode: `"adaptive"`, `"global"` or `"light"`.
+    max_global_tokens: the cap k per image and router (`None` or 0: no cap).
+    decoder_tile_size: decoder tile in pixels (`None` or 0: the whole image at once).
+    inplace: the memory-lean inference path (in-place updates, row bands); chosen when autograd is not recording.
+    """
+
+    routing_mode: str
+    max_global_tokens: int | None
+    decoder_tile_size: int | None
+    inplace: bool
+
+
+def resolve_forward_settings(
+    config: MEMatteConfig,
+    training: bool,
+    max_global_tokens: int | None = None,
+    decoder_tile_size: int | None = None,
+    routing_mode: str | None = None,
+) -> ForwardSettings:
+    """The settings of one forward: each argument, or the config's value where it is `None`; checked."""
+    settings = ForwardSettings(
+        routing_mode=config.routing_mode if routing_mode is None else routing_mode,
+        max_global_tokens=config.max_global_tokens if max_global_tokens is None else max_global_tokens,
+        decoder_tile_size=config.decoder_tile_size if decoder_tile_size is None else decoder_tile_size,
+        inplace=not (training or torch.is_grad_enabled()),
+    )
+    check_forward_settings(settings, config)
+    return settings
+
+
+def check_forward_settings(settings: ForwardSettings, config: MEMatteConfig) -> None:
+    """Raise a `ValueError` naming the argument when a per-call setting is invalid."""
+    if settings.routing_mode not in ROUTING_MODES:
+        raise ValueError(f"routing_mode must be one of {ROUTING_MODES}, got {settings.routing_mode!r}")
+    cap = settings.max_global_tokens
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
+        raise ValueError(f"max_global_tokens must be a non-negative integer (0 or None: no cap), got {cap!r}")
+    tile, unit = settings.decoder_tile_size, 2 * config.patch_size
+    if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < 0 or tile % unit):
+        raise ValueError(f"decoder_tile_size must be 0 / None (whole image) or a multiple of {unit}, got {tile!r}")
+
+
 class MEMatteRoutedLayer(nn.Module):
     """A global block with a router: `x + routed(x)`, then `x + mlp(norm2(x))`, then the residual conv block.
 
@@ -276,7 +375,7 @@ class MEMatteRoutedLayer(nn.Module):
         super().__init__()
         vitdet_config = config.to_vitdet_config()
         dim = config.hidden_size
-        self.config = config
+        self.gumbel_temperature = config.gumbel_temperature
         self.router = MEMatteRouter(config)
         self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.attention = MEMatteAttention(config)
@@ -285,16 +384,20 @@ class MEMatteRoutedLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = VitDetMlp(config=vitdet_config, in_features=dim, hidden_features=int(dim * config.mlp_ratio))
         self.residual = (
-            VitDetResBottleneckBlock(vitdet_config, in_channels=dim, out_channels=dim, bottleneck_channels=dim // 2)
+            use_float32_statistics(
+                VitDetResBottleneckBlock(vitdet_config, in_channels=dim, out_channels=dim, bottleneck_channels=dim // 2)
+            )
             if use_residual_block
             else None
         )
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(batch_size, C, h, w) -> (output (batch_size, C, h, w), log-probs (batch_size, h*w, 2) or None,
+    def forward(
+        self, hidden_states: torch.Tensor, settings: ForwardSettings
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(batch_size, C, h, w) -> (output (batch_size, C, h, w), float32 log-probs (batch_size, h*w, 2) or None,
         decisions (batch_size, h*w) float)."""
         hidden_states = hidden_states.permute(0, 2, 3, 1)
-        mode = self.config.routing_mode
+        mode = settings.routing_mode
         log_probs = self.router(hidden_states.flatten(1, 2)) if mode == "adaptive" else None
         if mode == "global":
             branch, decisions = self._all_global(hidden_states)
@@ -304,13 +407,17 @@ class MEMatteRoutedLayer(nn.Module):
         elif self.training:
             branch, decisions = self._mixed(hidden_states, log_probs)
         else:
-            decisions = select_global_tokens(log_probs, self.config.max_global_tokens)
-            branch = self._routed(hidden_states, decisions)
-            decisions = decisions.to(hidden_states.dtype)
-        hidden_states = hidden_states + self.drop_path(branch)
-        if self.training:
+            to_global = select_global_tokens(log_probs, settings.max_global_tokens)
+            if settings.inplace:
+                branch = self._routed(hidden_states, to_global)
+                decisions = to_global.to(hidden_states.dtype)
+            else:
+                branch, decisions = self._routed_differentiable(hidden_states, log_probs, to_global)
+        if not settings.inplace:
+            hidden_states = hidden_states + self.drop_path(branch)
             hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
         else:
+            hidden_states = hidden_states + branch
             for band in row_bands(hidden_states.shape[1], hidden_states.shape[2], multiple=1):
                 rows = hidden_states[:, band]
                 rows += self.mlp(self.norm2(rows))  # per token, so band by band is the same
@@ -326,23 +433,53 @@ class MEMatteRoutedLayer(nn.Module):
         return branch, hidden_states.new_ones(batch_size, height * width)
 
     def _routed(self, hidden_states: torch.Tensor, to_global: torch.Tensor) -> torch.Tensor:
-        """Inference: the LTRM for every token, global attention among each image's selected tokens."""
+        """Inference: the LTRM for every token, global attention among each image's selected tokens, written in
+        place over the LTRM's output."""
         batch_size, height, width, dim = hidden_states.shape
         branch = self.ltrm(hidden_states).reshape(batch_size, height * width, dim)
+        for index, selected, attended in self._attend_selected(hidden_states, to_global):
+            branch[index, selected] = attended.to(branch.dtype)
+        return branch.reshape(batch_size, height, width, dim)
+
+    def _attend_selected(self, hidden_states: torch.Tensor, to_global: torch.Tensor):
+        """Yield (image index, selected token indices, attention output of those tokens) for each image with a
+        selection: each image has its own, and a batch must equal running its images alone."""
+        batch_size, height, width, dim = hidden_states.shape
         tokens = hidden_states.reshape(batch_size, height * width, dim)
-        # One image at a time: each has its own selection, and a batch must equal running images alone.
         for index in range(batch_size):
             selected = to_global[index].nonzero().squeeze(1)
             if selected.numel():
                 # norm1 is per token, so normalising only the gathered tokens gives the same result.
                 gathered = self.norm1(tokens[index, selected]).unsqueeze(0)
-                branch[index, selected] = self.attention(gathered)[0].to(branch.dtype)
-        return branch.reshape(batch_size, height, width, dim)
+                yield index, selected, self.attention(gathered)[0]
+
+    def _routed_differentiable(
+        self, hidden_states: torch.Tensor, log_probs: torch.Tensor, to_global: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inference routing with autograd recording (eval mode with gradients: fine-tuning with frozen norms,
+        attribution, gradient checks): the same output as `_routed`, without in-place updates.
+
+        The decision is the hard inference decision with a straight-through gradient to the router's
+        probability of global attention (as the training Gumbel decision carries one), so routers, LTRMs,
+        attention and decoder all get gradients.
+        """
+        batch_size, height, width, dim = hidden_states.shape
+        refined = self.ltrm(hidden_states).reshape(batch_size, height * width, dim)
+        attended = refined
+        for index, selected, image_attended in self._attend_selected(hidden_states, to_global):
+            rows = torch.full_like(selected, index)
+            attended = attended.index_put((rows, selected), image_attended.to(attended.dtype))
+        probability = log_probs[..., TO_GLOBAL].exp()
+        straight_through = probability - probability.detach()  # 0 in value, d/dp = 1
+        # `attended` equals `refined` wherever the token was not selected, so this is the hard mix in value.
+        branch = attended + straight_through.unsqueeze(-1).to(attended.dtype) * (attended - refined)
+        decisions = to_global.to(probability.dtype) + straight_through
+        return branch.reshape(batch_size, height, width, dim), decisions
 
     def _mixed(self, hidden_states: torch.Tensor, log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: a hard straight-through Gumbel decision mixes both branches for every token."""
         batch_size, height, width, dim = hidden_states.shape
-        sample = F.gumbel_softmax(log_probs, tau=self.config.gumbel_temperature, hard=True)
+        sample = F.gumbel_softmax(log_probs, tau=self.gumbel_temperature, hard=True)
         decisions = sample[..., TO_GLOBAL]
         tokens = self.norm1(hidden_states).reshape(batch_size, height * width, dim)
         attended = self.attention.forward_masked(tokens, decisions)
@@ -358,14 +495,14 @@ def row_bands(height: int, width: int, multiple: int) -> list[slice]:
     return [slice(start, min(start + rows, height)) for start in range(0, height, rows)]
 
 
-def run_window_layer(layer: VitDetLayer, hidden_states: torch.Tensor) -> torch.Tensor:
-    """A ViTDet window block, at inference band by band.
+def run_window_layer(layer: VitDetLayer, hidden_states: torch.Tensor, settings: ForwardSettings) -> torch.Tensor:
+    """A ViTDet window block, on the lean inference path band by band.
 
     Bands start at multiples of the window size, so every band holds whole windows, padded exactly as the
     whole grid would be; attention never crosses a window and the rest is per token, so the result is the
-    same. Blocks with a residual conv block (3x3 convolutions) or in training run whole.
+    same. Blocks with a residual conv block (3x3 convolutions) and the differentiable path run whole.
     """
-    if layer.training or layer.use_residual_block or not layer.window_size:
+    if not settings.inplace or layer.use_residual_block or not layer.window_size:
         return layer(hidden_states)[0]
     bands = row_bands(hidden_states.shape[2], hidden_states.shape[3], multiple=layer.window_size)
     if len(bands) == 1:
@@ -387,16 +524,25 @@ class MEMatteBackbone(nn.Module):
         for index, drop_path_rate in enumerate(drop_path_rates):
             use_residual_block = index in config.residual_block_indices
             if index in config.window_block_indices:
-                layers.append(
-                    VitDetLayer(vitdet_config, drop_path_rate, config.window_size, use_residual_block)
-                )
+                layer = VitDetLayer(vitdet_config, drop_path_rate, config.window_size, use_residual_block)
+                if use_residual_block:
+                    use_float32_statistics(layer.residual)
+                layers.append(layer)
             else:
                 layers.append(MEMatteRoutedLayer(config, drop_path_rate, use_residual_block))
         self.encoder = nn.Module()
         self.encoder.layer = nn.ModuleList(layers)
 
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> MEMatteBackboneOutput:
-        """(batch_size, 4, height, width) -> features (batch_size, C, height // 16, width // 16) and routing."""
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        settings: ForwardSettings | None = None,
+        output_hidden_states: bool = False,
+    ) -> MEMatteBackboneOutput:
+        """(batch_size, 4, height, width) -> features (batch_size, C, height // 16, width // 16) and routing.
+
+        `settings` default to the config's (see `resolve_forward_settings`)."""
+        settings = settings or resolve_forward_settings(self.config, self.training)
         hidden_states = self.embeddings(pixel_values)
         grid = hidden_states.shape[0], hidden_states.shape[2], hidden_states.shape[3]
         all_hidden_states = [] if output_hidden_states else None
@@ -405,13 +551,13 @@ class MEMatteBackbone(nn.Module):
             if all_hidden_states is not None:
                 all_hidden_states.append(hidden_states)
             if isinstance(layer, MEMatteRoutedLayer):
-                hidden_states, layer_log_probs, layer_decisions = layer(hidden_states)
+                hidden_states, layer_log_probs, layer_decisions = layer(hidden_states, settings)
                 decisions.append(layer_decisions.reshape(grid))
                 masks.append(decisions[-1] > 0.5)
                 if layer_log_probs is not None:
                     log_probs.append(layer_log_probs.reshape(*grid, 2))
             else:
-                hidden_states = run_window_layer(layer, hidden_states)
+                hidden_states = run_window_layer(layer, hidden_states, settings)
         if all_hidden_states is not None:
             all_hidden_states.append(hidden_states)
         return MEMatteBackboneOutput(
@@ -424,21 +570,65 @@ class MEMatteBackbone(nn.Module):
 
 
 def _folded_conv(conv: nn.Conv2d, batch_norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of conv followed by an inference-mode batch norm, as one convolution."""
-    scale = batch_norm.weight * torch.rsqrt(batch_norm.running_var + batch_norm.eps)
-    bias = batch_norm.bias - batch_norm.running_mean * scale
+    """Weight and bias of conv followed by an inference-mode batch norm, as one convolution, computed in float32
+    and returned in the convolution's dtype (folding in half precision would round the scale twice)."""
+    dtype = torch.promote_types(conv.weight.dtype, torch.float32)
+    scale = batch_norm.weight.to(dtype) * torch.rsqrt(batch_norm.running_var.to(dtype) + batch_norm.eps)
+    bias = batch_norm.bias.to(dtype) - batch_norm.running_mean.to(dtype) * scale
     if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    return conv.weight * scale[:, None, None, None], bias
+        bias = bias + conv.bias.to(dtype) * scale
+    weight = conv.weight.to(dtype) * scale[:, None, None, None]
+    return weight.to(conv.weight.dtype), bias.to(conv.weight.dtype)
 
 
-def lean_detail_capture(decoder: VitMatteDetailCaptureModule, features: torch.Tensor, pixel_values: torch.Tensor):
+@dataclass(frozen=True)
+class FoldedDecoder:
+    """The detail-capture decoder's convolutions with their batch norms folded in: (weight, bias) pairs."""
+
+    convstream: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    fusion: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    head: tuple[torch.Tensor, torch.Tensor]
+    head_out: nn.Conv2d
+
+    @classmethod
+    def fold(cls, decoder: VitMatteDetailCaptureModule) -> FoldedDecoder:
+        head = decoder.matting_head.matting_convs
+        return cls(
+            convstream=tuple(_folded_conv(block.conv, block.batch_norm) for block in decoder.convstream.convs),
+            fusion=tuple(_folded_conv(block.conv.conv, block.conv.batch_norm) for block in decoder.fusion_blocks),
+            head=_folded_conv(head[0], head[1]),
+            head_out=head[3],
+        )
+
+
+class FoldedDecoderCache:
+    """Folds the decoder once and reuses the result until a parameter or statistic changes (loading weights,
+    training, `.to()`): the key is each tensor's storage, version counter, dtype and device."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._folded: FoldedDecoder | None = None
+
+    def get(self, decoder: VitMatteDetailCaptureModule) -> FoldedDecoder:
+        tensors = list(itertools.chain(decoder.parameters(), decoder.buffers()))
+        if any(tensor.is_inference() for tensor in tensors):
+            # Made under `torch.inference_mode()` (e.g. `.to()` there): no version counter, so no safe cache.
+            return FoldedDecoder.fold(decoder)
+        key = tuple((tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device) for tensor in tensors)
+        if key != self._key:
+            with torch.no_grad():
+                self._folded = FoldedDecoder.fold(decoder)
+            self._key = key
+        return self._folded
+
+
+def lean_detail_capture(folded: FoldedDecoder, features: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
     """Inference forward of transformers' `VitMatteDetailCaptureModule` with the same maths and less memory.
 
-    Batch norms are folded into their convolutions, activations run in place, each fusion block's
-    convolution over `concat(detail, upsampled)` is computed as the sum of two convolutions (so the
-    concatenation is never built), every detail map is freed once used, and the last fusion block and the
-    head, which work at full resolution, run in row chunks with exact halos. The decoder's peak drops to a
+    Batch norms are folded into their convolutions (once, see `FoldedDecoderCache`), activations run in place,
+    each fusion block's convolution over `concat(detail, upsampled)` is computed as the sum of two convolutions
+    (so the concatenation is never built), every detail map is freed once used, and the last fusion block and
+    the head, which work at full resolution, run in row chunks with exact halos. The decoder's peak drops to a
     fraction; it dominates MEMatte's memory up to about 2K pixels.
 
     Args:
@@ -449,23 +639,17 @@ def lean_detail_capture(decoder: VitMatteDetailCaptureModule, features: torch.Te
     """
     details = [pixel_values]
     hidden = pixel_values
-    for block in decoder.convstream.convs:
-        weight, bias = _folded_conv(block.conv, block.batch_norm)
+    for weight, bias in folded.convstream:
         hidden = F.conv2d(hidden, weight, bias, stride=2, padding=1).relu_()
         details.append(hidden)
     del hidden
-    for block in decoder.fusion_blocks[:-1]:
-        features = _fuse(block, features, details.pop()).relu_()  # with D3, D2, D1
-    return _last_fusion_and_head(decoder, features, pixel_values)
+    for weight, bias in folded.fusion[:-1]:
+        upsampled = F.interpolate(features, scale_factor=2, mode="bilinear", align_corners=False)
+        features = _fuse_upsampled(weight, bias, upsampled, details.pop()).relu_()  # with D3, D2, D1
+    return _last_fusion_and_head(folded, features, pixel_values)
 
 
-def _fuse(block: nn.Module, features: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
-    """A fusion block: upsample the features x2, then its folded convolution over concat(detail, upsampled)."""
-    upsampled = F.interpolate(features, scale_factor=2, mode="bilinear", align_corners=False)
-    return _fuse_upsampled(*_folded_conv(block.conv.conv, block.conv.batch_norm), upsampled, detail)
-
-
-def _last_fusion_and_head(decoder: VitMatteDetailCaptureModule, features: torch.Tensor, pixel_values: torch.Tensor):
+def _last_fusion_and_head(folded: FoldedDecoder, features: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
     """The last fusion block and the matting head, in chunks of output rows.
 
     Output rows [r0, r1) need the fused map on rows [r0 - 1, r1 + 1) (the head's 3x3 conv), which needs the
@@ -473,10 +657,8 @@ def _last_fusion_and_head(decoder: VitMatteDetailCaptureModule, features: torch.
     upsampling computes exactly from input rows [(r0 - 2) // 2 - 1, (r1 + 3) // 2 + 1). Halos are clipped only
     at the image's own border, where the whole-image computation pads and clamps the same way.
     """
-    block = decoder.fusion_blocks[-1]
-    fusion_weight, fusion_bias = _folded_conv(block.conv.conv, block.conv.batch_norm)
-    head = decoder.matting_head.matting_convs
-    head_weight, head_bias = _folded_conv(head[0], head[1])
+    fusion_weight, fusion_bias = folded.fusion[-1]
+    head_weight, head_bias = folded.head
     height, width = pixel_values.shape[-2:]
     rows = max(16, INFERENCE_BAND_TOKENS * 16 // width)
     alphas = pixel_values.new_empty(pixel_values.shape[0], 1, height, width)
@@ -486,13 +668,13 @@ def _last_fusion_and_head(decoder: VitMatteDetailCaptureModule, features: torch.
         u0, u1 = max(r0 - 2, 0), min(r1 + 2, height)
         i0, i1 = max(u0 // 2 - 1, 0), min((u1 + 1) // 2 + 1, features.shape[-2])
         upsampled_rows = slice(u0 - 2 * i0, u1 - 2 * i0)
-        chunk_features = F.interpolate(
-            features[..., i0:i1, :], scale_factor=2, mode="bilinear", align_corners=False
-        )[..., upsampled_rows, :]
+        chunk_features = F.interpolate(features[..., i0:i1, :], scale_factor=2, mode="bilinear", align_corners=False)[
+            ..., upsampled_rows, :
+        ]
         fused = _fuse_upsampled(fusion_weight, fusion_bias, chunk_features, pixel_values[..., u0:u1, :])
         fused = fused[..., f0 - u0 : f1 - u0, :].relu_()
         hidden = F.conv2d(fused, head_weight, head_bias, padding=1)[..., r0 - f0 : r1 - f0, :].relu_()
-        alphas[..., r0:r1, :] = torch.sigmoid_(head[3](hidden))
+        alphas[..., r0:r1, :] = torch.sigmoid_(folded.head_out(hidden))
     return alphas
 
 
@@ -559,6 +741,9 @@ class MEMattePreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = False
     _no_split_modules = []
+    # The routers decide by thresholds and a top-k: loading with `dtype=torch.bfloat16` / `float16` keeps them in
+    # float32 (they compute in float32 whatever their weights' dtype; this also keeps the weights unrounded).
+    _keep_in_fp32_modules_strict = ["router"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -613,6 +798,7 @@ class MEMatteForImageMatting(MEMattePreTrainedModel):
         super().__init__(config)
         self.backbone = MEMatteBackbone(config)
         self.decoder = VitMatteDetailCaptureModule(config.to_vitmatte_config())
+        self._folded_decoder = FoldedDecoderCache()
         self.post_init()
 
     @classmethod
@@ -644,11 +830,20 @@ class MEMatteForImageMatting(MEMattePreTrainedModel):
         logger.warning(report.summary())
         return (model, report) if output_loading_info else model
 
-    def decode(self, features: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Backbone features (B, C, H/16, W/16) and input (B, 4, H, W) -> alphas (B, 1, H, W), in tiles when
-        `config.decoder_tile_size` is set (read at every call, so it can be changed on a loaded model)."""
-        tile_size = self.config.decoder_tile_size
-        decoder = self.decoder if self.training else partial(lean_detail_capture, self.decoder)
+    def decode(
+        self, features: torch.Tensor, pixel_values: torch.Tensor, decoder_tile_size: int | None = None
+    ) -> torch.Tensor:
+        """Backbone features (B, C, H/16, W/16) and input (B, 4, H, W) -> alphas (B, 1, H, W), in tiles of
+        `decoder_tile_size` pixels (default: the config's; 0 decodes the whole image at once).
+
+        With autograd recording (training, or eval mode with gradients) this runs transformers' decoder module;
+        otherwise the lean inference decoder with the same maths.
+        """
+        tile_size = self.config.decoder_tile_size if decoder_tile_size is None else decoder_tile_size
+        if self.training or torch.is_grad_enabled():
+            decoder = self.decoder
+        else:
+            decoder = partial(lean_detail_capture, self._folded_decoder.get(self.decoder))
         if not tile_size:
             return decoder(features, pixel_values)
         return decode_in_tiles(
@@ -665,27 +860,49 @@ class MEMatteForImageMatting(MEMattePreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         teacher_features: torch.Tensor | None = None,
+        max_global_tokens: int | None = None,
+        decoder_tile_size: int | None = None,
+        routing_mode: str | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> MEMatteImageMattingOutput | tuple:
         r"""
         pixel_values (`torch.Tensor` of shape `(batch_size, 4, height, width)`):
-            Normalised RGB and the trimap in [0, 1], as `VitMatteImageProcessor` prepares them; height and width
+            Normalised RGB and the trimap in [0, 1], as `MEMatteImageProcessor` prepares them; height and width
             multiples of 32.
         labels (`torch.Tensor` of shape `(batch_size, 1, height, width)` or `(batch_size, height, width)`, *optional*):
             Ground-truth alpha in [0, 1]; when given, `loss` and `loss_parts` are returned.
         teacher_features (`torch.Tensor` of shape `(batch_size, C, height // 16, width // 16)`, *optional*):
             A frozen teacher's backbone features for the distillation loss.
+        max_global_tokens (`int`, *optional*, defaults to `config.max_global_tokens`):
+            The cap k for this call: at most k tokens per image and router go to global attention; 0 = no cap.
+        decoder_tile_size (`int`, *optional*, defaults to `config.decoder_tile_size`):
+            Decoder tile in pixels for this call (a multiple of 32); 0 decodes the whole image at once.
+        routing_mode (`str`, *optional*, defaults to `config.routing_mode`):
+            `"adaptive"`, `"global"` (every token to global attention) or `"light"` (every token to the LTRM).
+
+        The lean inference path (in-place updates, row bands, folded batch norms) runs when autograd is not
+        recording (`torch.no_grad()` / `torch.inference_mode()`); with gradients on, eval mode runs the same
+        routing through differentiable operations and gives the same output.
         """
+        if kwargs:
+            raise TypeError(
+                f"MEMatteForImageMatting.forward() got unexpected keyword arguments {sorted(kwargs)}; it takes "
+                "pixel_values, labels, teacher_features, max_global_tokens, decoder_tile_size, routing_mode, "
+                "output_hidden_states and return_dict"
+            )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        settings = resolve_forward_settings(
+            self.config, self.training, max_global_tokens, decoder_tile_size, routing_mode
+        )
         self._check_input(pixel_values)
-        backbone_output = self.backbone(pixel_values, output_hidden_states=output_hidden_states)
+        backbone_output = self.backbone(pixel_values, settings, output_hidden_states=output_hidden_states)
         features = backbone_output.feature_map
-        alphas = self.decode(features, pixel_values)
+        alphas = self.decode(features, pixel_values, settings.decoder_tile_size)
         compression_ratio = torch.stack([d.float().mean() for d in backbone_output.routing_decisions]).mean()
 
         loss, loss_parts = None, None
@@ -696,7 +913,7 @@ class MEMatteForImageMatting(MEMattePreTrainedModel):
                 pixel_values[:, -1:],
                 student_features=features,
                 teacher_features=teacher_features,
-                gamma=compression_ratio if self.config.routing_mode == "adaptive" else None,
+                gamma=compression_ratio if settings.routing_mode == "adaptive" else None,
                 rho=self.config.compression_ratio_target,
             )
             loss = loss_parts.pop("loss")

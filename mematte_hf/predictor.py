@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,21 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 @dataclass
+class PreparedMatte:
+    """An image and its trimap made ready for the model on the CPU (`MEMattePredictor.prepare`): decoded, checked,
+    normalised and padded. `pixel_values` is None when the trimap has no unknown region (nothing to run)."""
+
+    rgb: np.ndarray
+    trimap: np.ndarray
+    pixel_values: torch.Tensor | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the image."""
+        return self.trimap.shape[0], self.trimap.shape[1]
+
+
+@dataclass
 class MattingResult:
     """One matte at the input's full resolution, with what the model did to get it."""
 
@@ -51,21 +65,21 @@ class MattingResult:
     max_global_tokens: int | None = None
     decoder_tile_size: int | None = None
     device: str = "cpu"
+    #: (H, W, 3) float32 foreground colours: filled by `run(..., with_foreground=True)` or the first `foreground()`.
+    foreground_colors: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def routed_fraction(self) -> list[float]:
         """Per router, the fraction of the image's tokens sent to global attention."""
         return [float(mask.mean()) for mask in self.routing_masks]
 
-    @cached_property
-    def _foreground(self) -> np.ndarray:
-        from .foreground import estimate_foreground
-
-        return estimate_foreground(self.image, self.alpha, device=torch.device(self.device))
-
     def foreground(self) -> np.ndarray:
         """(H, W, 3) float32 foreground colours in [0, 1], estimated once (so edges lose the old background)."""
-        return self._foreground
+        if self.foreground_colors is None:
+            from .foreground import estimate_foreground
+
+            self.foreground_colors = estimate_foreground(self.image, self.alpha, device=torch.device(self.device))
+        return self.foreground_colors
 
     def rgba(self) -> np.ndarray:
         """(H, W, 4) uint8 cutout: estimated foreground colours with the alpha as the fourth channel."""
@@ -85,13 +99,18 @@ class MEMattePredictor:
 
     Args:
         model: a `MEMatteForImageMatting`.
-        processor: the checkpoint's `VitMatteImageProcessor` (default: the one MEMatte checkpoints ship with).
-        device / dtype: where and in which precision to run (default: CUDA if available, float32).
+        processor: the checkpoint's `MEMatteImageProcessor` (default: the one MEMatte checkpoints ship with).
+        device / dtype: where and in which precision to run (default: CUDA if available, float32). In float16 and
+            bfloat16 the routers stay in float32 (see the README's precision table).
         max_global_tokens: the cap k: an int, `None` for the checkpoint's setting, or `"auto"` to pick it
             (and the decoder tile) from `memory_budget`, or from the free memory of the device.
         memory_budget: bytes or a string like `"2GB"`, used with `max_global_tokens="auto"`.
         decoder_tile_size: overrides the checkpoint's decoder tile (0 decodes the whole image at once).
         max_pixels: images and trimaps above this many pixels are refused before decoding.
+
+    Settings reach the model as forward arguments, so one predictor serves concurrent callers with different
+    settings. Device work (the memory plan, the forward and the foreground estimation it plans for) runs one call
+    at a time, so that a plan made from the free memory is not invalidated by another call's forward.
     """
 
     def __init__(
@@ -109,24 +128,21 @@ class MEMattePredictor:
 
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        self.processor = processor if processor is not None else build_image_processor()
-        valid_cap = isinstance(max_global_tokens, int) and max_global_tokens >= 0
-        if max_global_tokens not in (None, "auto") and not valid_cap:
-            raise InputError(
-                f"max_global_tokens must be a positive integer, 0, None or 'auto', got {max_global_tokens!r}"
-            )
+        self.model = place_model(model, self.device, self.dtype).eval()
+        self.processor = as_mematte_processor(processor) if processor is not None else build_image_processor()
+        check_cap(max_global_tokens)
         self.max_global_tokens = max_global_tokens
         self.memory_budget = parse_bytes(memory_budget) if memory_budget is not None else None
         self.decoder_tile_size = decoder_tile_size
         self.max_pixels = max_pixels
-        # The model's cap and tile live on its config: one forward at a time keeps concurrent callers apart.
-        self._lock = threading.Lock()
+        self._device_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str | Path, **kwargs) -> MEMattePredictor:
         """Load a MEMatte folder or Hub id (model and image processor) and wrap it."""
-        from transformers import AutoImageProcessor, AutoModelForImageMatting
+        from transformers import AutoModelForImageMatting
+
+        from .convert import load_image_processor
 
         # Importing this package registered "mematte" with the Auto classes.
         model_id_or_path = str(model_id_or_path)
@@ -136,21 +152,37 @@ class MEMattePredictor:
             raise _loading_error(model_id_or_path, error) from None
         if type(model).__name__ != "MEMatteForImageMatting":
             raise CheckpointError(f"{model_id_or_path} holds a {type(model).__name__}, not a MEMatte model")
-        try:
-            processor = AutoImageProcessor.from_pretrained(model_id_or_path)
-        except OSError:
-            processor = None  # a folder without preprocessor_config.json: use the MEMatte default
-        return cls(model, processor, **kwargs)
+        return cls(model, load_image_processor(model_id_or_path), **kwargs)
 
     @property
     def config(self):
         return self.model.config
 
-    def plan(self, height: int, width: int) -> MemoryPlan:
-        """The cap and decoder tile that `max_global_tokens="auto"` uses for a height x width image."""
+    def plan(self, height: int, width: int, batch_size: int = 1, with_foreground: bool = False) -> MemoryPlan:
+        """The cap and decoder tile that `max_global_tokens="auto"` uses for `batch_size` height x width images."""
         budget = self.memory_budget if self.memory_budget is not None else automatic_budget(self.device)
         element_size = torch.finfo(self.dtype).bits // 8
-        return plan_memory(self.config, height, width, budget, element_size, uses_fused_attention(self.device))
+        return plan_memory(
+            self.config,
+            height,
+            width,
+            budget,
+            element_size,
+            uses_fused_attention(self.device),
+            batch_size=batch_size,
+            with_foreground=with_foreground,
+            padded=self.processor.padded_size(height, width),
+        )
+
+    def prepare(self, image, trimap) -> PreparedMatte:
+        """The CPU part of a matte: decode and check `image` and `trimap` (any grey levels: < 85 background,
+        >= 170 foreground, between unknown), then normalise and pad them with the image processor."""
+        rgb = load_image(image, max_pixels=self.max_pixels)
+        trimap_array = load_trimap(trimap, expected_size=rgb.shape[:2], max_pixels=self.max_pixels)
+        if not has_unknown_region(trimap_array):
+            return PreparedMatte(rgb, trimap_array, None)
+        pixel_values = self.processor(images=rgb, trimaps=trimap_array, return_tensors="pt")["pixel_values"]
+        return PreparedMatte(rgb, trimap_array, pixel_values)
 
     def predict(
         self,
@@ -158,79 +190,150 @@ class MEMattePredictor:
         trimap,
         max_global_tokens: int | str | None = None,
         decoder_tile_size: int | None = None,
+        with_foreground: bool = False,
     ) -> MattingResult:
         """Matte `image` with `trimap` (any grey levels: < 85 background, >= 170 foreground, between unknown).
 
         Returns the alpha at the image's full resolution with the known regions forced (0 where the trimap is
         background, 1 where it is foreground), as the upstream inference does.
         """
-        rgb = load_image(image, max_pixels=self.max_pixels)
-        trimap_array = load_trimap(trimap, expected_size=rgb.shape[:2], max_pixels=self.max_pixels)
-        if not has_unknown_region(trimap_array):
-            return MattingResult(
-                alpha=trimap_array.astype(np.float32) / 255.0,
-                image=rgb,
-                trimap=trimap_array,
-                model_ran=False,
-                message="the trimap has no unknown (grey) region, so the matte is the trimap itself; "
-                "mark the uncertain edges grey to let the model refine them",
-                device=str(self.device),
-            )
-        cap, tile, plan = self._settings(rgb.shape[0], rgb.shape[1], max_global_tokens, decoder_tile_size)
-        pixel_values = self.processor(images=rgb, trimaps=trimap_array, return_tensors="pt")["pixel_values"]
-        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
-        with self._lock:
-            output, seconds, peak = self._forward(pixel_values, cap, tile)
-        return self._result(rgb, trimap_array, output, seconds, peak, plan, cap, tile)
+        return self.run(self.prepare(image, trimap), max_global_tokens, decoder_tile_size, with_foreground)
 
-    def _settings(self, height: int, width: int, max_global_tokens, decoder_tile_size):
+    def predict_batch(
+        self,
+        images,
+        trimaps,
+        max_global_tokens: int | str | None = None,
+        decoder_tile_size: int | None = None,
+        with_foreground: bool = False,
+    ) -> list[MattingResult]:
+        """Matte images of one size in one batched forward (each gives what it gives alone)."""
+        if len(images) != len(trimaps):
+            raise InputError(f"got {len(images)} images but {len(trimaps)} trimaps")
+        prepared = [self.prepare(image, trimap) for image, trimap in zip(images, trimaps, strict=True)]
+        return self.run_batch(prepared, max_global_tokens, decoder_tile_size, with_foreground)
+
+    def run(
+        self,
+        prepared: PreparedMatte,
+        max_global_tokens: int | str | None = None,
+        decoder_tile_size: int | None = None,
+        with_foreground: bool = False,
+    ) -> MattingResult:
+        """The device part of a matte: the forward (and the foreground colours when asked) for a prepared input."""
+        return self.run_batch([prepared], max_global_tokens, decoder_tile_size, with_foreground)[0]
+
+    def run_batch(
+        self,
+        prepared: list[PreparedMatte],
+        max_global_tokens: int | str | None = None,
+        decoder_tile_size: int | None = None,
+        with_foreground: bool = False,
+    ) -> list[MattingResult]:
+        """`run` for several prepared inputs of one size, in one batched forward."""
+        check_cap(max_global_tokens)
+        results: list[MattingResult | None] = [
+            None if item.pixel_values is not None else self._trimap_result(item) for item in prepared
+        ]
+        to_run = [index for index, item in enumerate(prepared) if item.pixel_values is not None]
+        if to_run:
+            sizes = {prepared[index].size for index in to_run}
+            if len(sizes) > 1:
+                raise InputError(f"a batch must hold images of one size, got {sorted(sizes)}; run them one by one")
+            height, width = sizes.pop()
+            with self._device_lock:
+                cap, tile, plan = self._settings(
+                    height, width, len(to_run), with_foreground, max_global_tokens, decoder_tile_size
+                )
+                pixel_values = torch.cat([prepared[index].pixel_values for index in to_run])
+                alphas, masks, seconds, peak = self._forward(pixel_values, cap, tile)
+                for position, index in enumerate(to_run):
+                    result = self._result(prepared[index], alphas[position], [m[position] for m in masks])
+                    result.seconds, result.peak_memory_bytes, result.plan = seconds, peak, plan
+                    result.max_global_tokens, result.decoder_tile_size = cap, tile
+                    if with_foreground:
+                        result.foreground()
+                    results[index] = result
+        return results
+
+    def _trimap_result(self, prepared: PreparedMatte) -> MattingResult:
+        return MattingResult(
+            alpha=prepared.trimap.astype(np.float32) / 255.0,
+            image=prepared.rgb,
+            trimap=prepared.trimap,
+            model_ran=False,
+            message="the trimap has no unknown (grey) region, so the matte is the trimap itself; "
+            "mark the uncertain edges grey to let the model refine them",
+            device=str(self.device),
+        )
+
+    def _settings(self, height, width, batch_size, with_foreground, max_global_tokens, decoder_tile_size):
+        """The cap and tile of one call: its arguments, else the predictor's, else the checkpoint's (None)."""
         cap = max_global_tokens if max_global_tokens is not None else self.max_global_tokens
         tile = decoder_tile_size if decoder_tile_size is not None else self.decoder_tile_size
         plan = None
         if cap == "auto":
-            plan = self.plan(height, width)
+            plan = self.plan(height, width, batch_size, with_foreground)
             cap = plan.max_global_tokens
             tile = plan.decoder_tile_size if tile is None else tile
-        if cap is None:
-            cap = self.config.max_global_tokens
-        if tile is None:
-            tile = self.config.decoder_tile_size
+        cap = self.config.max_global_tokens if cap is None else cap
+        tile = self.config.decoder_tile_size if tile is None else tile
         return cap, tile, plan
 
     def _forward(self, pixel_values: torch.Tensor, cap: int | None, tile: int | None):
-        config = self.config
-        saved = config.max_global_tokens, config.decoder_tile_size
-        config.max_global_tokens, config.decoder_tile_size = cap, tile
-        try:
-            with measure_peak_memory(self.device) as peak, torch.inference_mode():
-                start = time.perf_counter()
-                output = self.model(pixel_values)
-                alphas = output.alphas.float().cpu()
-                seconds = time.perf_counter() - start
-        finally:
-            config.max_global_tokens, config.decoder_tile_size = saved
-        masks = [mask[0].cpu().numpy() for mask in output.routing_masks]
-        return (alphas, masks), seconds, peak.bytes
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        with measure_peak_memory(self.device) as peak, torch.inference_mode():
+            start = time.perf_counter()
+            output = self.model(pixel_values, max_global_tokens=cap, decoder_tile_size=tile)
+            alphas = output.alphas.float().cpu()
+            seconds = time.perf_counter() - start
+        masks = [mask.cpu().numpy() for mask in output.routing_masks]
+        return alphas, masks, seconds, peak.bytes
 
-    def _result(self, rgb, trimap_array, output, seconds, peak, plan, cap, tile) -> MattingResult:
-        alphas, masks = output
-        height, width = trimap_array.shape
-        alpha = alphas[0, 0, :height, :width].numpy()
-        alpha = np.where(trimap_array == 0, 0.0, np.where(trimap_array == 255, 1.0, alpha)).astype(np.float32)
+    def _result(self, prepared: PreparedMatte, alphas: torch.Tensor, masks: list[np.ndarray]) -> MattingResult:
+        """Crop one image's padded alphas (1, Hp, Wp) and routing masks back to its size; force the known
+        regions as upstream does."""
+        height, width = prepared.size
+        alpha = self.processor.post_process_alphas(alphas[None], [(height, width)])[0].numpy()
+        trimap = prepared.trimap
+        alpha = np.where(trimap == 0, 0.0, np.where(trimap == 255, 1.0, alpha)).astype(np.float32)
         patch = self.config.patch_size
         grid = (-(-height // patch), -(-width // patch))
         return MattingResult(
             alpha=alpha,
-            image=rgb,
-            trimap=trimap_array,
+            image=prepared.rgb,
+            trimap=trimap,
             routing_masks=[mask[: grid[0], : grid[1]] for mask in masks],
-            seconds=seconds,
-            peak_memory_bytes=peak,
-            plan=plan,
-            max_global_tokens=cap,
-            decoder_tile_size=tile,
             device=str(self.device),
         )
+
+
+def as_mematte_processor(processor):
+    """A `MEMatteImageProcessor` with `processor`'s settings (a transformers `VitMatteImageProcessor` keeps its
+    normalisation and gets upstream's padding: the model was trained with it)."""
+    from .image_processing_mematte import MEMatteImageProcessor
+
+    if isinstance(processor, MEMatteImageProcessor):
+        return processor
+    return MEMatteImageProcessor.from_dict(processor.to_dict())
+
+
+def place_model(model, device: torch.device, dtype: torch.dtype):
+    """Move `model` to `device` in `dtype`, keeping the modules it asks to keep in float32 (the routers) there."""
+    model = model.to(device=device, dtype=dtype)
+    keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    if dtype != torch.float32 and keep:
+        for name, module in model.named_modules():
+            if name.rsplit(".", 1)[-1] in keep:
+                module.float()
+    return model
+
+
+def check_cap(max_global_tokens) -> None:
+    if max_global_tokens in (None, "auto"):
+        return
+    if not isinstance(max_global_tokens, int) or isinstance(max_global_tokens, bool) or max_global_tokens < 0:
+        raise InputError(f"max_global_tokens must be a positive integer, 0, None or 'auto', got {max_global_tokens!r}")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -26,8 +26,7 @@ import json
 import logging
 import re
 import typing
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,8 @@ MIXED_PRECISION_MODES = ("no", "bf16", "fp16")
 # Names under which the trainer logs the averaged loss parts and gamma (besides the Trainer's "loss").
 LOGGED_PARTS = ("unknown_l1", "known_l1", "laplacian", "gradient", "distillation", "compression")
 GAMMA_LOG_NAME = "compression_ratio"
+#: `decoder_tile_size` for training forwards: 0 decodes each crop whole.
+WHOLE_CROP = 0
 _LAYER_PATTERN = re.compile(r"(?:^|\.)backbone\.encoder\.layer\.(\d+)\.")
 _EMBEDDINGS_PATTERN = re.compile(r"(?:^|\.)backbone\.embeddings\.")
 
@@ -433,25 +434,6 @@ def teacher_backbone_features(teacher: nn.Module, pixel_values: torch.Tensor) ->
 # ---------------------------------------------------------------- trainer
 
 
-@contextmanager
-def whole_crop_decoding(model: nn.Module) -> Iterator[None]:
-    """Decode each training crop in one piece, as upstream trains, whatever the inference tiling.
-
-    The tiled decoder pads a crop smaller than a tile up to the tile size: the decoder's batch norms would then
-    take their training statistics mostly from zero padding (and a 64-pixel test crop would cost a 512-pixel
-    decode). The saved config keeps the inference tile size because it is only changed inside this block.
-    """
-    config = getattr(model, "config", None)
-    if config is None or not getattr(config, "decoder_tile_size", None):
-        yield
-        return
-    tile_size, config.decoder_tile_size = config.decoder_tile_size, None
-    try:
-        yield
-    finally:
-        config.decoder_tile_size = tile_size
-
-
 class _DatasetEpochCallback(TrainerCallback):
     """Give the composite dataset the epoch before each epoch's loader starts, so augmentations change.
 
@@ -511,8 +493,15 @@ class MEMatteTrainer(Trainer):
         """The model's summed loss, with the teacher's backbone features as distillation targets."""
         pixel_values = inputs["pixel_values"]
         teacher_features = self.teacher_features(pixel_values)
-        with whole_crop_decoding(self.accelerator.unwrap_model(model)):
-            outputs = model(pixel_values=pixel_values, labels=inputs["labels"], teacher_features=teacher_features)
+        # Each crop is decoded in one piece, as upstream trains, whatever the checkpoint's inference tiling: the
+        # tiled decoder would pad a crop smaller than a tile, and the decoder's batch norms would then take their
+        # training statistics mostly from zero padding.
+        outputs = model(
+            pixel_values=pixel_values,
+            labels=inputs["labels"],
+            teacher_features=teacher_features,
+            decoder_tile_size=WHOLE_CROP,
+        )
         if model.training:
             self._accumulate(outputs)
         return (outputs.loss, outputs) if return_outputs else outputs.loss

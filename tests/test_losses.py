@@ -65,8 +65,8 @@ def test_unknown_l1_matches_upstream_formula_at_512() -> None:
 
 def test_l1_losses_are_zero_for_perfect_prediction() -> None:
     _, gt, mask = _four_by_four()
-    assert unknown_l1_loss(gt.clone(), gt, mask).item() == 0.0
-    assert known_l1_loss(gt.clone(), gt, mask).item() == 0.0
+    assert unknown_l1_loss(gt.clone(), gt, mask).item() == pytest.approx(0.0, abs=1e-12)
+    assert known_l1_loss(gt.clone(), gt, mask).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_empty_masks_give_zero_with_finite_gradients() -> None:
@@ -80,7 +80,7 @@ def test_empty_masks_give_zero_with_finite_gradients() -> None:
         gradient_penalty_loss(pred, gt, nothing),
     ]
     for loss in losses:
-        assert loss.item() == 0.0
+        assert loss.item() == pytest.approx(0.0, abs=1e-12)
         assert loss.requires_grad
     sum(losses).backward()
     assert pred.grad is not None
@@ -122,7 +122,7 @@ def test_laplacian_ignores_constant_offsets_and_is_zero_when_equal() -> None:
     g = torch.Generator().manual_seed(2)
     gt = torch.rand(1, 1, 37, 34, generator=g, dtype=torch.float64)
     assert laplacian_pyramid_loss(gt + 0.3, gt).item() == pytest.approx(0.0, abs=1e-12)
-    assert laplacian_pyramid_loss(gt.clone(), gt).item() == 0.0
+    assert laplacian_pyramid_loss(gt.clone(), gt).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def _reference_laplacian(pred: np.ndarray, gt: np.ndarray, levels: int) -> float:
@@ -253,7 +253,7 @@ def test_compression_value_and_gradient() -> None:
     gamma = torch.tensor(0.1, requires_grad=True)
     compression_loss(gamma).backward()  # default rho = 0.25
     assert gamma.grad.item() == pytest.approx(2 * (0.1 - 0.25))
-    assert compression_loss(torch.tensor(0.25)).item() == 0.0
+    assert compression_loss(torch.tensor(0.25)).item() == pytest.approx(0.0, abs=1e-12)
     # Per-layer decisions are averaged first: mean(0.2, 0.6) = 0.4 -> (0.25 - 0.4)^2.
     assert compression_loss(torch.tensor([0.2, 0.6])).item() == pytest.approx(0.0225)
     with pytest.raises(InputError, match="rho"):
@@ -318,7 +318,8 @@ def test_matting_loss_without_unknown_pixels_is_finite() -> None:
     pred, gt, _ = _batch()
     known_only = (gt > 0.5).float()
     out = MattingLoss()(pred, gt, known_only)
-    assert out["unknown_l1"].item() == 0.0 and out["gradient"].item() == 0.0
+    assert out["unknown_l1"].item() == pytest.approx(0.0, abs=1e-12)
+    assert out["gradient"].item() == pytest.approx(0.0, abs=1e-12)
     assert math.isfinite(out["loss"].item())
     out["loss"].backward()
     assert torch.isfinite(pred.grad).all()
