@@ -1,15 +1,20 @@
-"""Print how far the converted upstream fixtures are from the upstream outputs (max abs differences).
+"""Print how far the converted upstream fixtures are from the upstream outputs, per device and precision.
 
-    python benchmarks/parity_report.py [../shared/fixtures/original_mematte]
+    python benchmarks/parity_report.py                                   # float32 on the CPU, every case
+    python benchmarks/parity_report.py --dtypes float16 bfloat16 --cases tiny_direct tiny_cap tiny_pad32
+    python benchmarks/parity_report.py --device cuda --dtypes float32 float16 bfloat16
 
 Each case is converted with `mematte convert` (heads and cap from meta.json, an untiled decoder where the
-upstream run used none), then run through the saved image processor and model, as `tests/test_parity.py` does.
+upstream run used none), then run through the saved image processor and the model loaded with
+`from_pretrained(..., dtype=...)`, as a user would (and as `tests/test_parity.py` does). Reported: alpha_raw max and
+mean |difference|, backbone features max |difference|, routing decisions that differ per router, and how many of
+those upstream decided by a margin |logp[0] - logp[1]| above 0.05 ("clear").
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -21,43 +26,63 @@ from transformers import AutoImageProcessor, AutoModelForImageMatting
 from mematte_hf.convert import convert_checkpoint
 
 DEFAULT_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_mematte"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CLEAR_MARGIN = 0.05
 
 
-def report(case_dir: Path, work_dir: Path) -> str:
+def convert(case_dir: Path, work_dir: Path) -> Path:
     meta = json.loads((case_dir / "meta.json").read_text())
     original = meta["original_config"]
-    folder = convert_checkpoint(
+    return convert_checkpoint(
         case_dir / "checkpoint.pth",
         work_dir / case_dir.name,
         num_heads=original["heads"],
         max_global_tokens=original["max_tokens"],
         decoder_tile_size=None if meta["patch_decoder"] else 0,
     )
-    model = AutoModelForImageMatting.from_pretrained(folder).eval()
+
+
+def report(case_dir: Path, folder: Path, dtype: torch.dtype, device: torch.device) -> str:
+    meta = json.loads((case_dir / "meta.json").read_text())
+    model = AutoModelForImageMatting.from_pretrained(folder, dtype=dtype).to(device).eval()
     processor = AutoImageProcessor.from_pretrained(folder)
     image = Image.open(case_dir / "image.png").convert("RGB")
     trimap = Image.open(case_dir / "trimap.png").convert("L")
-    with torch.no_grad():
-        output = model(**processor(images=image, trimaps=trimap, return_tensors="pt"))
+    pixel_values = processor(images=image, trimaps=trimap, return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        output = model(pixel_values.to(device=device, dtype=dtype))
     expected = np.load(case_dir / "expected.npz")
     height, width = meta["image_size_hw"]
-    alpha = np.abs(output.alphas[0, 0, :height, :width].numpy() - expected["alpha_raw"]).max()
-    features = np.abs(output.backbone_features[0].numpy() - expected["backbone_features"]).max()
-    mismatches = [
-        int((mask[0].numpy() != expected[f"router{index}_to_global"].astype(bool)).sum())
-        for index, mask in enumerate(output.routing_masks)
-    ]
+    alpha = np.abs(output.alphas[0, 0, :height, :width].float().cpu().numpy() - expected["alpha_raw"])
+    features = np.abs(output.backbone_features[0].float().cpu().numpy() - expected["backbone_features"]).max()
+    flipped, clear = [], []
+    for index, mask in enumerate(output.routing_masks):
+        differs = mask[0].cpu().numpy() != expected[f"router{index}_to_global"].astype(bool)
+        log_probs = expected[f"router{index}_log_probs"]
+        flipped.append(int(differs.sum()))
+        clear.append(int((differs & (np.abs(log_probs[..., 0] - log_probs[..., 1]) > CLEAR_MARGIN)).sum()))
     return (
-        f"{case_dir.name}: alpha_raw {alpha:.2g}, backbone_features {features:.2g}, "
-        f"routing decisions differing per router {mismatches}"
+        f"{case_dir.name} {device.type} {str(dtype).removeprefix('torch.')}: alpha_raw max {alpha.max():.2g} "
+        f"mean {alpha.mean():.2g}, backbone_features {features:.2g}, routing decisions differing per router "
+        f"{flipped} (clear: {clear}), token grid {tuple(output.routing_masks[0].shape[1:])}"
     )
 
 
 def main() -> None:
-    fixtures = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_FIXTURES
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("fixtures", nargs="?", type=Path, default=DEFAULT_FIXTURES)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["float32"])
+    parser.add_argument("--cases", nargs="+", help="case folder names (default: every case)")
+    args = parser.parse_args()
+    case_dirs = sorted(path for path in args.fixtures.iterdir() if path.is_dir())
+    if args.cases:
+        case_dirs = [path for path in case_dirs if path.name in args.cases]
     with tempfile.TemporaryDirectory() as work_dir:
-        for case_dir in sorted(path for path in fixtures.iterdir() if path.is_dir()):
-            print(report(case_dir, Path(work_dir)))
+        for case_dir in case_dirs:
+            folder = convert(case_dir, Path(work_dir))
+            for name in args.dtypes:
+                print(report(case_dir, folder, DTYPES[name], torch.device(args.device)), flush=True)
 
 
 if __name__ == "__main__":

@@ -161,6 +161,41 @@ def plan_memory(
     return MemoryPlan(low, tile, estimate(low, tile), budget_bytes, tokens)
 
 
+def plan_execution(
+    config: MEMatteConfig,
+    device: torch.device,
+    budget_bytes: int,
+    decoder_tile_size: int | None,
+    element_size: int = 4,
+    batch_size: int = 1,
+):
+    """The execution plan for `device` within `budget_bytes`: the CPU's cache-sized plan on a CPU; elsewhere the GPU
+    plan (whole grid up to 65536 tokens, decoder tiles in batches of 8), with the band and the tile batch shrunk
+    until each fits half the budget. The plan never changes the alphas, only how the work is laid out."""
+    from .modeling_mematte import CPU_EXECUTION, GPU_EXECUTION, ExecutionPlan
+
+    if device.type == "cpu":
+        return CPU_EXECUTION
+    half = budget_bytes // 2
+    # A band holds the window blocks' relative-position mask (heads x window^2 per token) and the MLP activations.
+    per_token = (
+        element_size * batch_size * (config.num_attention_heads * config.window_size**2 + 8 * config.hidden_size)
+    )
+    band_tokens = max(config.window_size**2, min(GPU_EXECUTION.band_tokens, half // per_token))
+    tile_batch = 1
+    if decoder_tile_size:
+        side = decoder_tile_size + 2 * config.decoder_tile_context
+        per_tile = element_size * batch_size * side * side * full_resolution_values_per_pixel(config)
+        tile_batch = max(1, min(GPU_EXECUTION.tile_batch, half // per_tile))
+    return ExecutionPlan(band_tokens=band_tokens, tile_batch=tile_batch)
+
+
+def full_resolution_values_per_pixel(config: MEMatteConfig) -> int:
+    """Values alive per pixel when the decoder's full-resolution block runs unchunked (the GPU plan): upsampled
+    features, the fused map and its partial sum, the head's hidden map and the input."""
+    return config.fusion_hidden_sizes[-2] + 2 * config.fusion_hidden_sizes[-1] + 16 + config.num_channels
+
+
 def available_memory(device: torch.device) -> int:
     """Free memory on `device`: the CUDA free memory, or the system's available memory for CPU."""
     if device.type == "cuda":

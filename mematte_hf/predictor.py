@@ -27,6 +27,7 @@ from .memory import (
     automatic_budget,
     measure_peak_memory,
     parse_bytes,
+    plan_execution,
     plan_memory,
     uses_fused_attention,
 )
@@ -107,6 +108,9 @@ class MEMattePredictor:
         memory_budget: bytes or a string like `"2GB"`, used with `max_global_tokens="auto"`.
         decoder_tile_size: overrides the checkpoint's decoder tile (0 decodes the whole image at once).
         max_pixels: images and trimaps above this many pixels are refused before decoding.
+        compile: `True` (or `torch.compile` options as a dict) compiles the fixed-shape blocks
+            (`MEMatteForImageMatting.compile_blocks`): the same alphas in fewer kernels, after a compilation at the
+            first image of each size. Not for ZeroGPU, which allows only ahead-of-time compilation.
 
     Settings reach the model as forward arguments, so one predictor serves concurrent callers with different
     settings. Device work (the memory plan, the forward and the foreground estimation it plans for) runs one call
@@ -123,12 +127,15 @@ class MEMattePredictor:
         memory_budget: int | str | None = None,
         decoder_tile_size: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        compile: bool | dict = False,
     ) -> None:
         from .convert import build_image_processor
 
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.model = place_model(model, self.device, self.dtype).eval()
+        if compile:  # opt-in: fewer, fused kernels after a compilation at the first image of each size
+            self.model.compile_blocks(**(compile if isinstance(compile, dict) else {}))
         self.processor = as_mematte_processor(processor) if processor is not None else build_image_processor()
         check_cap(max_global_tokens)
         self.max_global_tokens = max_global_tokens
@@ -280,11 +287,20 @@ class MEMattePredictor:
         tile = self.config.decoder_tile_size if tile is None else tile
         return cap, tile, plan
 
+    def execution(self, tile: int | None, batch_size: int = 1):
+        """The execution plan of a forward: the CPU's own, or on a GPU one sized from the memory budget."""
+        if self.device.type == "cpu":
+            return plan_execution(self.config, self.device, 0, tile)
+        budget = self.memory_budget if self.memory_budget is not None else automatic_budget(self.device)
+        element_size = torch.finfo(self.dtype).bits // 8
+        return plan_execution(self.config, self.device, budget, tile, element_size, batch_size)
+
     def _forward(self, pixel_values: torch.Tensor, cap: int | None, tile: int | None):
+        execution = self.execution(tile, pixel_values.shape[0])
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
         with measure_peak_memory(self.device) as peak, torch.inference_mode():
             start = time.perf_counter()
-            output = self.model(pixel_values, max_global_tokens=cap, decoder_tile_size=tile)
+            output = self.model(pixel_values, max_global_tokens=cap, decoder_tile_size=tile, execution=execution)
             alphas = output.alphas.float().cpu()
             seconds = time.perf_counter() - start
         masks = [mask.cpu().numpy() for mask in output.routing_masks]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mematte_hf import modeling_mematte
+from mematte_hf.modeling_mematte import ExecutionPlan
 from mematte_hf.predictor import MEMattePredictor
 from tests.utils import random_inputs, save_tiny_checkpoint, tiny_model
 
@@ -88,18 +88,18 @@ def test_two_threads_with_different_caps_get_what_each_gets_alone(tmp_path):
     assert predictor.config.max_global_tokens == 18500
 
 
-def _alpha_loss(model, pixel_values, target):
-    alphas = model(pixel_values, decoder_tile_size=64).alphas
+def _alpha_loss(model, pixel_values, target, execution=None):
+    alphas = model(pixel_values, decoder_tile_size=64, execution=execution).alphas
     return (alphas - target).square().mean(), alphas
 
 
-def test_eval_mode_gradients_through_the_differentiable_path(monkeypatch):
+def test_eval_mode_gradients_through_the_differentiable_path():
     model = tiny_model(seed=53).double().eval()
-    monkeypatch.setattr(modeling_mematte, "INFERENCE_BAND_TOKENS", 6 * 14)  # the lean path really runs in bands
+    banded = ExecutionPlan(band_tokens=6 * 14, tile_batch=1)  # the lean path really runs in bands
     pixel_values = random_inputs(1, 448, 96, seed=53).double()  # 28 x 6 tokens: two 14-row bands
     target = torch.rand(1, 1, 448, 96, generator=torch.Generator().manual_seed(53), dtype=torch.float64)
     with torch.no_grad():
-        lean = model(pixel_values, decoder_tile_size=64)
+        lean = model(pixel_values, decoder_tile_size=64, execution=banded)
     loss, alphas = _alpha_loss(model, pixel_values, target)
     torch.testing.assert_close(alphas, lean.alphas, atol=1e-9, rtol=0)  # same output with gradients on
     loss.backward()
@@ -118,7 +118,7 @@ def test_eval_mode_gradients_through_the_differentiable_path(monkeypatch):
         for sign in (1, -1):
             with torch.no_grad():
                 parameter[index] += sign * step
-                losses.append(_alpha_loss(model, pixel_values, target)[0])
+                losses.append(_alpha_loss(model, pixel_values, target, banded)[0])
                 parameter[index] -= sign * step
         numeric = (losses[0] - losses[1]) / (2 * step)
         torch.testing.assert_close(parameter.grad[index], numeric, atol=1e-7, rtol=1e-4)

@@ -16,9 +16,9 @@ from mematte_hf.modeling_mematte import eca_kernel_size, select_global_tokens
 from tests.utils import random_inputs, randomize_weights, tiny_config, tiny_model
 
 
-def _run(model: MEMatteForImageMatting, pixel_values: torch.Tensor):
+def _run(model: MEMatteForImageMatting, pixel_values: torch.Tensor, **settings):
     with torch.no_grad():
-        return model(pixel_values)
+        return model(pixel_values, **settings)
 
 
 def test_output_shapes_and_routing_masks():
@@ -197,11 +197,10 @@ def test_config_rejects_inconsistent_settings():
         MEMatteConfig(decoder_tile_size=100)
 
 
-@pytest.mark.parametrize("band_tokens", [100, 4096])  # 16-row chunks (68 of them) and 2 chunks
-def test_lean_inference_decoder_equals_the_transformers_decoder_across_row_chunks(monkeypatch, band_tokens):
+@pytest.mark.parametrize("band_tokens", [100, 4096, None])  # 16-row chunks (68 of them), 2 chunks, all rows
+def test_lean_inference_decoder_equals_the_transformers_decoder_across_row_chunks(band_tokens):
     from mematte_hf import modeling_mematte
 
-    monkeypatch.setattr(modeling_mematte, "INFERENCE_BAND_TOKENS", band_tokens)
     model = tiny_model(seed=13, decoder_tile_size=0)
     generator = torch.Generator().manual_seed(13)
     pixel_values = torch.randn(2, 4, 1088, 96, generator=generator)
@@ -209,18 +208,17 @@ def test_lean_inference_decoder_equals_the_transformers_decoder_across_row_chunk
     with torch.no_grad():
         expected = model.decoder(features, pixel_values)  # transformers' module, batch norm in eval mode
         folded = modeling_mematte.FoldedDecoder.fold(model.decoder)
-        actual = modeling_mematte.lean_detail_capture(folded, features, pixel_values)
+        actual = modeling_mematte.lean_detail_capture(folded, features, pixel_values, band_tokens)
     assert expected.std() > 1e-3
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
 
 
-def test_window_blocks_in_row_bands_equal_the_whole_grid(monkeypatch):
-    from mematte_hf import modeling_mematte
+def test_window_blocks_in_row_bands_equal_the_whole_grid():
+    from mematte_hf.modeling_mematte import ExecutionPlan
 
     model = tiny_model(seed=14, decoder_tile_size=0)
     pixel_values = random_inputs(1, 480, 224, seed=14)  # 30 token rows: several 14-row bands
-    whole = _run(model, pixel_values)
-    monkeypatch.setattr(modeling_mematte, "INFERENCE_BAND_TOKENS", 14 * 14)
-    banded = _run(model, pixel_values)
+    whole = _run(model, pixel_values, execution=ExecutionPlan(band_tokens=None, tile_batch=1))
+    banded = _run(model, pixel_values, execution=ExecutionPlan(band_tokens=14 * 14, tile_batch=1))
     torch.testing.assert_close(banded.alphas, whole.alphas, atol=1e-5, rtol=0)
     torch.testing.assert_close(banded.backbone_features, whole.backbone_features, atol=1e-5, rtol=0)
