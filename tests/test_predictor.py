@@ -188,3 +188,34 @@ def test_cutouts_and_composites(predictor):
     over_red = result.composite("#ff0000")
     assert over_red.shape == (HEIGHT, WIDTH, 3)
     assert (over_red[trimap == 0] == [255, 0, 0]).all()
+
+
+def test_prepare_then_run_and_batches_equal_predict(predictor):
+    image, trimap = scene()
+    other = np.ascontiguousarray(image[::-1])
+    single = [predictor.predict(image, trimap), predictor.predict(other, trimap)]
+    prepared = predictor.prepare(image, trimap)
+    assert prepared.pixel_values is not None and prepared.size == (HEIGHT, WIDTH)
+    np.testing.assert_array_equal(predictor.run(prepared).alpha, single[0].alpha)
+    batch = predictor.predict_batch([image, other], [trimap, trimap])
+    for result, alone in zip(batch, single, strict=True):
+        np.testing.assert_allclose(result.alpha, alone.alpha, atol=1e-5)
+        for mask, alone_mask in zip(result.routing_masks, alone.routing_masks, strict=True):
+            np.testing.assert_array_equal(mask, alone_mask)
+    known = np.where(trimap == 128, 255, trimap).astype(np.uint8)  # no unknown region: no model run for it
+    mixed = predictor.predict_batch([image, image], [trimap, known])
+    assert mixed[0].model_ran and not mixed[1].model_ran
+    with pytest.raises(InputError, match="one size"):
+        predictor.predict_batch([image, image[:, :-32]], [trimap, trimap[:, :-32]])
+
+
+def test_foreground_in_the_same_call_and_in_the_plan(predictor):
+    image, trimap = scene()
+    result = predictor.predict(image, trimap, with_foreground=True)
+    assert result.foreground_colors is not None and result.foreground_colors.shape == (HEIGHT, WIDTH, 3)
+    assert result.foreground() is result.foreground_colors
+    config = tiny_config()
+    without = estimate_peak_bytes(config, 2000, 3000, 1000, 512)
+    assert estimate_peak_bytes(config, 2000, 3000, 1000, 512, with_foreground=True) > without
+    with pytest.raises(InputError, match="budget"):
+        plan_memory(config, 2000, 3000, budget_bytes=without * 2, with_foreground=True)
