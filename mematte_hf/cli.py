@@ -12,7 +12,7 @@ import sys
 
 from .errors import MEMatteError
 
-COMMANDS = ("convert", "predict", "evaluate", "train", "push")
+COMMANDS = ("convert", "predict", "evaluate", "train", "push", "video")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,7 +57,7 @@ def estimate_foreground(
     """
     solver = _Solver(regularization, gradient_weight, coarse_iterations, fine_iterations, coarse_size)
     with torch.inference_mode():
-        return _to_numpy(_estimate(image, alpha, device, solver)[:3])
+        return _to_numpy(_estimate(image, alpha, device, solver))
 
 
 def estimate_foreground_background(
@@ -77,7 +77,7 @@ def estimate_foreground_background(
     """
     solver = _Solver(regularization, gradient_weight, coarse_iterations, fine_iterations, coarse_size)
     with torch.inference_mode():
-        solution = _estimate(image, alpha, device, solver)
+        solution = _estimate(image, alpha, device, solver, with_background=True)
         return _to_numpy(solution[:3]), _to_numpy(solution[3:])
 
 
@@ -106,16 +106,24 @@ class _Solver:
 
 
 def _estimate(
-    image: ImageSource, alpha: np.ndarray, device: str | torch.device | None, solver: _Solver
+    image: ImageSource,
+    alpha: np.ndarray,
+    device: str | torch.device | None,
+    solver: _Solver,
+    with_background: bool = False,
 ) -> torch.Tensor:
-    """The full solve on ``device``: (6, H, W), foreground RGB stacked on background RGB."""
+    """The full solve on ``device``: (3, H, W) foreground, or (6, H, W) foreground stacked on background."""
     target = _device(device)
     image_t, alpha_t = _image_and_alpha_tensors(image, alpha, target)
     solution = _solve_pyramid(image_t, alpha_t, solver)
     # The compositing equation fixes F = I where alpha == 1 and B = I where alpha == 0 exactly;
     # the smoothness term alone would leave them a hair off.
-    solution[:3] = torch.where(alpha_t == 1, image_t, solution[:3])
-    solution[3:] = torch.where(alpha_t == 0, image_t, solution[3:])
+    foreground = solution[:3]
+    torch.where(alpha_t == 1, image_t, foreground, out=foreground)
+    if not with_background:
+        return foreground
+    background = solution[3:]
+    torch.where(alpha_t == 0, image_t, background, out=background)
     return solution
 
 
@@ -125,14 +133,32 @@ def _image_and_alpha_tensors(
     """(3, H, W) image and (H, W) alpha as float32 tensors in [0, 1] on ``device``."""
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
         # The common case, done in torch: one pass, and 4x less data to move to a GPU.
-        matte = alpha_to_float(alpha)
-        _check_same_size(matte, image)
+        alpha_t = _alpha_tensor(alpha, device)
+        _check_same_size(tuple(alpha_t.shape), image.shape)
         # np.require copies arrays torch cannot wrap as they are (read-only, negative strides).
         image_t = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(device).permute(2, 0, 1)
         image_t = image_t.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
-        return image_t, torch.from_numpy(matte).to(device)
+        return image_t, alpha_t
     rgb, matte = _image_and_alpha(image, alpha)
     return torch.from_numpy(rgb).to(device).permute(2, 0, 1).contiguous(), torch.from_numpy(matte).to(device)
+
+
+def _alpha_tensor(alpha: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(H, W) float32 alpha in [0, 1] on ``device``, as :func:`~mematte_hf.image_io.alpha_to_float` makes it.
+
+    A 2-D uint8 or float array is converted on ``device`` (on a GPU that is faster than numpy and moves
+    less data); the host only checks it for NaN. Anything else goes through ``alpha_to_float``, which
+    also words the errors.
+    """
+    array = np.asarray(alpha)
+    if array.ndim == 2 and array.size and array.dtype == np.uint8:
+        # uint8 / 255 in float32, exactly as numpy divides it.
+        return torch.from_numpy(np.require(array, requirements=["C", "W"])).to(device).to(torch.float32).div_(255)
+    if array.ndim == 2 and array.size and array.dtype in (np.float32, np.float64) and not np.isnan(array.min()):
+        tensor = torch.from_numpy(np.require(array, requirements=["C", "W"])).to(device)
+        # Clamping after rounding to float32 equals rounding after clamping: rounding keeps the order, 0 and 1.
+        return tensor.to(torch.float32).clamp_(0, 1)
+    return torch.from_numpy(alpha_to_float(array)).to(device)
 
 
 def _solve_pyramid(image: torch.Tensor, alpha: torch.Tensor, solver: _Solver) -> torch.Tensor:
@@ -142,14 +168,8 @@ def _solve_pyramid(image: torch.Tensor, alpha: torch.Tensor, solver: _Solver) ->
     for level in levels:
         height, width = level.shape[1:]
         solution = nnf.interpolate(solution[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-        solution = _relax(
-            level[:3],
-            level[3],
-            solution,
-            solver.regularization,
-            solver.gradient_weight,
-            solver.iterations(height, width),
-        )
+        system = _LevelSystem.build(level[:3], level[3], solver.regularization, solver.gradient_weight)
+        solution = _relax(system, solution, solver.iterations(height, width))
     return solution
 
 
@@ -181,37 +201,82 @@ def _initial_guess(image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return means.reshape(6, 1, 1)
 
 
-def _relax(
-    image: torch.Tensor,
-    alpha: torch.Tensor,
-    solution: torch.Tensor,
-    regularization: float,
-    gradient_weight: float,
-    iterations: int,
-) -> torch.Tensor:
-    """Jacobi sweeps on one level: every pixel solves its 2 x 2 system from its neighbours' last values.
+@dataclass(frozen=True)
+class _LevelSystem:
+    """One level's per-pixel 2 x 2 systems, which stay the same through its sweeps.
 
     Setting the derivative of the cost to zero gives, per pixel and colour channel,
         (alpha^2 + W) F + alpha (1 - alpha) B = alpha I + sum_j w_j F_j
         alpha (1 - alpha) F + ((1 - alpha)^2 + W) B = (1 - alpha) I + sum_j w_j B_j
-    with w_j the neighbour weights and W their sum. Only the right-hand sides change between sweeps.
-    All full-size buffers are made once per level and reused: on the CPU, a fresh 400 MB tensor per
-    operation (at 4K) costs more in page faults than the arithmetic itself.
+    with w_j the neighbour weights and W their sum. Only the neighbour sums change between sweeps.
     """
-    weights = _neighbour_weights(alpha, regularization, gradient_weight)  # (4, H, W)
-    inverse = _inverse_systems(alpha, weights.sum(dim=0))  # (3, H, W)
-    data = torch.empty((6, *alpha.shape), dtype=image.dtype, device=image.device)
-    torch.mul(image, alpha, out=data[:3])  # alpha I
-    torch.sub(image, data[:3], out=data[3:])  # (1 - alpha) I
-    current = _padded(solution)  # the solution lives inside a one-pixel replicated border
-    following = torch.empty_like(current)
-    rhs = torch.empty_like(data)
+
+    data: torch.Tensor  # (6, H, W): alpha I stacked on (1 - alpha) I
+    weights: torch.Tensor  # (4, H, W): left, right, upper, lower neighbour
+    inverse: torch.Tensor  # (3, H, W): i00, i01 (negated), i11 of each pixel's inverse matrix
+
+    @classmethod
+    def build(
+        cls, image: torch.Tensor, alpha: torch.Tensor, regularization: float, gradient_weight: float
+    ) -> _LevelSystem:
+        weights = _neighbour_weights(alpha, regularization, gradient_weight)
+        data = torch.empty((6, *alpha.shape), dtype=image.dtype, device=image.device)
+        torch.mul(image, alpha, out=data[:3])  # alpha I
+        torch.sub(image, data[:3], out=data[3:])  # (1 - alpha) I
+        return cls(data, weights, _inverse_systems(alpha, weights.sum(dim=0)))
+
+
+def _relax(system: _LevelSystem, solution: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Jacobi sweeps on one level: every pixel solves its 2 x 2 system from its neighbours' last values.
+
+    All full-size buffers and their views are made once per level and reused, so a sweep is nine
+    element-wise operations and two border copies, nothing else: on a GPU each operation is a kernel
+    launch, and on the CPU a fresh 400 MB tensor per operation (at 4K) costs more in page faults than
+    the arithmetic itself.
+    """
+    current = _PaddedSolution(_padded(solution))  # the solution lives inside a one-pixel replicated border
+    following = _PaddedSolution(torch.empty_like(current.padded))
+    rhs = torch.empty_like(system.data)
+    weights, inverse = system.weights.unbind(0), system.inverse.unbind(0)
+    rhs_halves = (rhs[:3], rhs[3:])
     for _ in range(iterations):
-        _right_hand_side(data, current, weights, out=rhs)
-        _solve_pixels(rhs, inverse, out=following[:, 1:-1, 1:-1])
-        _replicate_border(following)
+        _right_hand_side(system.data, current.neighbours, weights, out=rhs)
+        _solve_pixels(rhs_halves, inverse, out=following.halves)
+        following.interior.clamp_(0, 1)  # colours outside [0, 1] are never right; clamping steadies the sweeps
+        following.replicate_border()
         current, following = following, current  # Jacobi: read only the previous sweep's values
-    return current[:, 1:-1, 1:-1]
+    return current.interior
+
+
+class _PaddedSolution:
+    """A (C, H + 2, W + 2) buffer holding a solution inside a one-pixel border, with the views sweeps use."""
+
+    def __init__(self, padded: torch.Tensor) -> None:
+        self.padded = padded
+        self.interior = padded[:, 1:-1, 1:-1]
+        self.halves = (self.interior[: padded.shape[0] // 2], self.interior[padded.shape[0] // 2 :])
+        # left, right, upper and lower neighbour of every interior pixel
+        self.neighbours = (padded[:, 1:-1, :-2], padded[:, 1:-1, 2:], padded[:, :-2, 1:-1], padded[:, 2:, 1:-1])
+        self._border = _border_views(padded)
+
+    def replicate_border(self) -> None:
+        """Fill the border from the pixels next to it: top and bottom rows, then both columns (corners too)."""
+        rows, row_sources, columns, column_sources = self._border
+        rows.copy_(row_sources)
+        columns.copy_(column_sources)
+
+
+def _border_views(padded: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Views of a contiguous (C, H + 2, W + 2) tensor: its top and bottom rows (inner columns) and the rows
+    next to them, its left and right columns and the columns next to them. Two copies then replicate the
+    border, where four slice assignments would be four kernel launches."""
+    channels, rows, columns = padded.shape
+    plane, start = rows * columns, padded.storage_offset()
+    edge_rows = padded.as_strided((channels, 2, columns - 2), (plane, (rows - 1) * columns, 1), start + 1)
+    inner_rows = padded.as_strided((channels, 2, columns - 2), (plane, (rows - 3) * columns, 1), start + columns + 1)
+    edge_columns = padded.as_strided((channels, rows, 2), (plane, columns, columns - 1), start)
+    inner_columns = padded.as_strided((channels, rows, 2), (plane, columns, columns - 3), start + 1)
+    return edge_rows, inner_rows, edge_columns, inner_columns
 
 
 def _neighbour_weights(alpha: torch.Tensor, regularization: float, gradient_weight: float) -> torch.Tensor:
@@ -220,14 +285,9 @@ def _neighbour_weights(alpha: torch.Tensor, regularization: float, gradient_weig
     A pixel on the border counts itself as its missing neighbour: the alpha difference is 0 there,
     so its weight is ``regularization``, which keeps every 2 x 2 system invertible.
     """
-    weights = torch.zeros((4, *alpha.shape), dtype=alpha.dtype, device=alpha.device)
-    across = (alpha[:, 1:] - alpha[:, :-1]).abs_()  # between horizontal neighbours
-    weights[0, :, 1:] = across
-    weights[1, :, :-1] = across
-    down = (alpha[1:] - alpha[:-1]).abs_()  # between vertical neighbours
-    weights[2, 1:] = down
-    weights[3, :-1] = down
-    return weights.mul_(gradient_weight).add_(regularization)
+    padded = nnf.pad(alpha[None], (1, 1, 1, 1), mode="replicate")[0]
+    neighbours = torch.stack([padded[1:-1, :-2], padded[1:-1, 2:], padded[:-2, 1:-1], padded[2:, 1:-1]])
+    return neighbours.sub_(alpha).abs_().mul_(gradient_weight).add_(regularization)
 
 
 def _inverse_systems(alpha: torch.Tensor, total_weight: torch.Tensor) -> torch.Tensor:
@@ -239,8 +299,7 @@ def _inverse_systems(alpha: torch.Tensor, total_weight: torch.Tensor) -> torch.T
     """
     beta = 1 - alpha
     entries = torch.stack([beta * beta, alpha * beta, alpha * alpha])  # (a11 - W, a01, a00 - W)
-    entries[0] += total_weight
-    entries[2] += total_weight
+    entries[::2] += total_weight
     det = (entries[0] + entries[2]).sub_(total_weight).mul_(total_weight)
     return entries.div_(det)
 
@@ -253,35 +312,31 @@ def _padded(solution: torch.Tensor) -> torch.Tensor:
         device=solution.device,
     )
     padded[:, 1:-1, 1:-1] = solution
-    _replicate_border(padded)
+    rows, row_sources, columns, column_sources = _border_views(padded)
+    rows.copy_(row_sources)
+    columns.copy_(column_sources)
     return padded
 
 
-def _replicate_border(padded: torch.Tensor) -> None:
-    """Fill the one-pixel border of a (C, H + 2, W + 2) tensor from the pixels next to it."""
-    padded[:, 0, 1:-1] = padded[:, 1, 1:-1]
-    padded[:, -1, 1:-1] = padded[:, -2, 1:-1]
-    padded[:, :, 0] = padded[:, :, 1]
-    padded[:, :, -1] = padded[:, :, -2]
-
-
-def _right_hand_side(data: torch.Tensor, padded: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> None:
+def _right_hand_side(
+    data: torch.Tensor, neighbours: tuple[torch.Tensor, ...], weights: tuple[torch.Tensor, ...], out: torch.Tensor
+) -> None:
     """``out = data + sum_j w_j * solution_j`` over the left, right, upper and lower neighbours."""
-    torch.addcmul(data, weights[0], padded[:, 1:-1, :-2], out=out)
-    out.addcmul_(weights[1], padded[:, 1:-1, 2:])
-    out.addcmul_(weights[2], padded[:, :-2, 1:-1])
-    out.addcmul_(weights[3], padded[:, 2:, 1:-1])
+    torch.addcmul(data, weights[0], neighbours[0], out=out)
+    for weight, neighbour in zip(weights[1:], neighbours[1:], strict=True):
+        out.addcmul_(weight, neighbour)
 
 
-def _solve_pixels(rhs: torch.Tensor, inverse: torch.Tensor, out: torch.Tensor) -> None:
-    """Write each pixel's new (F, B) = inverse @ rhs into ``out`` (6, H, W), clamped to [0, 1]."""
+def _solve_pixels(
+    rhs: tuple[torch.Tensor, torch.Tensor], inverse: tuple[torch.Tensor, ...], out: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """Write each pixel's new (F, B) = inverse @ rhs into ``out``."""
     i00, i01, i11 = inverse
-    foreground, background = out[:3], out[3:]
-    torch.mul(rhs[:3], i00, out=foreground)
-    foreground.addcmul_(rhs[3:], i01, value=-1)
-    torch.mul(rhs[3:], i11, out=background)
-    background.addcmul_(rhs[:3], i01, value=-1)
-    out.clamp_(0, 1)  # colours outside [0, 1] are never right; clamping also steadies the sweeps
+    (rhs_foreground, rhs_background), (foreground, background) = rhs, out
+    torch.mul(rhs_foreground, i00, out=foreground)
+    foreground.addcmul_(rhs_background, i01, value=-1)
+    torch.mul(rhs_background, i11, out=background)
+    background.addcmul_(rhs_foreground, i01, value=-1)
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -298,8 +353,13 @@ def _device(device: str | torch.device | None) -> torch.device:
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """(3, H, W) tensor -> (H, W, 3) float32 numpy array in [0, 1]."""
-    return tensor.permute(1, 2, 0).float().cpu().numpy().copy()
+    """(3, H, W) tensor -> (H, W, 3) float32 numpy array in [0, 1], a fresh one that owns its memory.
+
+    One copy on the CPU; from a GPU, torch transposes on the device and crosses to the host once.
+    """
+    array = np.empty((tensor.shape[1], tensor.shape[2], tensor.shape[0]), dtype=np.float32)
+    torch.from_numpy(array).copy_(tensor.permute(1, 2, 0))
+    return array
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,8 +389,20 @@ def composite(
 def rgba_cutout(foreground: ImageSource, alpha: np.ndarray) -> np.ndarray:
     """An (H, W, 4) uint8 RGBA cutout with straight (not premultiplied) alpha, as PNG expects."""
     rgb, matte = _image_and_alpha(foreground, alpha)
-    channels = np.rint(np.concatenate([rgb, matte[..., None]], axis=2) * 255)
-    return channels.astype(np.uint8)
+    cutout = np.empty((*matte.shape, 4), dtype=np.uint8)
+    _to_uint8_into(rgb, cutout[..., :3])
+    _to_uint8_into(matte, cutout[..., 3])
+    return cutout
+
+
+def _to_uint8_into(values: np.ndarray, out: np.ndarray) -> None:
+    """Write float32 ``values`` in [0, 1] as ``rint(values * 255)`` into the uint8 array (or view) ``out``.
+
+    One float32 temporary instead of a chain of full-size ones: at 4K a cutout is 33 million values.
+    """
+    scaled = np.multiply(values, np.float32(255), dtype=np.float32)
+    np.rint(scaled, out=scaled)
+    out[...] = scaled
 
 
 def checkerboard(height: int, width: int, square: int = 16) -> np.ndarray:
@@ -361,15 +433,15 @@ def _image_and_alpha(image: ImageSource, alpha: np.ndarray) -> tuple[np.ndarray,
     """(H, W, 3) float32 image and (H, W) float32 alpha, both in [0, 1], checked to match in size."""
     rgb = load_image_float(image, max_pixels=None)
     matte = alpha_to_float(alpha)
-    _check_same_size(matte, rgb)
+    _check_same_size(matte.shape, rgb.shape)
     return rgb, matte
 
 
-def _check_same_size(matte: np.ndarray, rgb: np.ndarray) -> None:
-    if matte.shape != rgb.shape[:2]:
+def _check_same_size(matte_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> None:
+    if tuple(matte_shape) != tuple(image_shape[:2]):
         raise InputError(
-            f"alpha is {matte.shape[1]} x {matte.shape[0]} but the image is {rgb.shape[1]} x "
-            f"{rgb.shape[0]}; the matte must have the image's size"
+            f"alpha is {matte_shape[1]} x {matte_shape[0]} but the image is {image_shape[1]} x "
+            f"{image_shape[0]}; the matte must have the image's size"
         )
 
 

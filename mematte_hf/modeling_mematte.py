@@ -47,10 +47,14 @@ class ExecutionPlan:
     band_tokens: window blocks, MLPs and the decoder's full-resolution rows run in row bands of about this many
         tokens (`None`: the whole grid at once).
     tile_batch: how many decoder tiles of one shape are decoded in one batched call.
+    fused_window_attention: window attention in one `scaled_dot_product_attention` call with the relative
+        positions as a mask (fewest kernels); otherwise scores, relative positions added in place, softmax (the
+        least memory where SDPA has no fused kernel for a float mask, as on a CPU).
     """
 
     band_tokens: int | None
     tile_batch: int
+    fused_window_attention: bool = True
 
     def __post_init__(self) -> None:
         if self.band_tokens is not None and self.band_tokens < 1:
@@ -60,8 +64,9 @@ class ExecutionPlan:
 
 
 #: On a CPU, bands of 4096 tokens keep tensors cache-sized, so the allocator reuses them instead of page-faulting
-#: image-sized ones in afresh for every operation (4096 px: 60.8 s -> 43 s, 1.8 GB -> 0.8 GB); tiles one by one.
-CPU_EXECUTION = ExecutionPlan(band_tokens=4096, tile_batch=1)
+#: image-sized ones in afresh for every operation (4096 px: 60.8 s -> 43 s, 1.8 GB -> 0.8 GB); tiles one by one;
+#: window attention with its relative positions added in place (SDPA's CPU math path would hold two more score maps).
+CPU_EXECUTION = ExecutionPlan(band_tokens=4096, tile_batch=1, fused_window_attention=False)
 #: On a GPU launches, not arithmetic, dominate small kernels: the whole grid of a 4096 px image (65536 tokens) in
 #: one band, and decoder tiles in batches of 8 (about 1 GiB of bfloat16 activations for 512 px tiles).
 GPU_EXECUTION = ExecutionPlan(band_tokens=65536, tile_batch=8)
@@ -557,11 +562,13 @@ class MEMatteWindowLayer(VitDetLayer):
         # are not in the checkpoint uninitialised.
         self._relative_index: dict[torch.device, torch.Tensor] = {}
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, fused_attention: bool = True) -> torch.Tensor:
+        """`fused_attention=False` (no autograd only) adds the relative positions to the scores in place."""
         hidden_states = hidden_states.permute(0, 2, 3, 1)
         height, width = hidden_states.shape[1], hidden_states.shape[2]
         windows, padded_size = window_partition(self.norm1(hidden_states), self.window_size)
-        attended = window_unpartition(self._attend(windows), self.window_size, padded_size, (height, width))
+        attend = self._attend if fused_attention else self._attend_in_place
+        attended = window_unpartition(attend(windows), self.window_size, padded_size, (height, width))
         hidden_states = hidden_states + self.drop_path(attended)
         hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
         hidden_states = hidden_states.permute(0, 3, 1, 2)
@@ -569,22 +576,44 @@ class MEMatteWindowLayer(VitDetLayer):
             hidden_states = self.residual(hidden_states)
         return hidden_states
 
-    def _attend(self, windows: torch.Tensor) -> torch.Tensor:
-        """(num_windows, window, window, C) -> (num_windows, window, window, C)."""
-        attention = self.attention
+    def _split_heads(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(num_windows, window, window, C) -> queries, keys, values (num_windows, heads, window^2, head_dim)."""
         count, size, _, dim = windows.shape
-        heads = attention.num_heads
-        qkv = attention.qkv(windows).reshape(count, size * size, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
-        queries, keys, values = qkv.unbind(0)  # (num_windows, heads, window * window, head_dim)
-        bias = None
-        if attention.use_relative_position_embeddings:
-            bias = self._relative_position_bias(queries, size)
-        attended = F.scaled_dot_product_attention(queries, keys, values, attn_mask=bias, scale=attention.scale)
-        return attention.proj(attended.transpose(1, 2).reshape(count, size, size, dim))
+        heads = self.attention.num_heads
+        qkv = self.attention.qkv(windows).reshape(count, size * size, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        return qkv.unbind(0)
 
-    def _relative_position_bias(self, queries: torch.Tensor, size: int) -> torch.Tensor:
-        """The decomposed relative positions of MViTv2 / ViTDet, (num_windows, heads, N, N) with N = size^2:
-        bias[(i, j), (k, l)] = q_(i, j) . R_h[i - k] + q_(i, j) . R_w[j - l], q unscaled."""
+    def _merge_heads(self, attended: torch.Tensor, size: int) -> torch.Tensor:
+        count, _, _, head_dim = attended.shape
+        return self.attention.proj(attended.transpose(1, 2).reshape(count, size, size, -1))
+
+    def _attend(self, windows: torch.Tensor) -> torch.Tensor:
+        """(num_windows, window, window, C) -> (num_windows, window, window, C), in one fused attention call."""
+        size = windows.shape[1]
+        queries, keys, values = self._split_heads(windows)
+        bias = None
+        if self.attention.use_relative_position_embeddings:
+            along_height, along_width = self._relative_positions(queries, size)
+            bias = along_height[..., :, None] + along_width[..., None, :]  # (count * heads, size, size, size, size)
+            bias = bias.reshape(*queries.shape[:2], size * size, size * size)
+        attended = F.scaled_dot_product_attention(queries, keys, values, attn_mask=bias, scale=self.attention.scale)
+        return self._merge_heads(attended, size)
+
+    def _attend_in_place(self, windows: torch.Tensor) -> torch.Tensor:
+        """`_attend` with the relative positions added to the scores in place: one score map less alive."""
+        size = windows.shape[1]
+        queries, keys, values = self._split_heads(windows)
+        scores = (queries * self.attention.scale) @ keys.transpose(-2, -1)
+        if self.attention.use_relative_position_embeddings:
+            along_height, along_width = self._relative_positions(queries, size)
+            grid = scores.view(-1, size, size, size, size)
+            grid += along_height[..., :, None]
+            grid += along_width[..., None, :]
+        return self._merge_heads(scores.softmax(dim=-1) @ values, size)
+
+    def _relative_positions(self, queries: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decomposed relative positions of MViTv2 / ViTDet, each (num_windows * heads, size, size, size):
+        the score of query (i, j) for key (k, l) gains q_(i, j) . R_h[i - k] + q_(i, j) . R_w[j - l], q unscaled."""
         count, heads, _, head_dim = queries.shape
         index = self._relative_index.get(queries.device)
         if index is None:  # index[i, j] = i - j + size - 1: the table row for query i and key j
@@ -595,8 +624,7 @@ class MEMatteWindowLayer(VitDetLayer):
         grid = queries.reshape(count * heads, size, size, head_dim)
         along_height = torch.einsum("bhwc,hkc->bhwk", grid, table_h)
         along_width = torch.einsum("bhwc,wkc->bhwk", grid, table_w)
-        bias = along_height[..., :, None] + along_width[..., None, :]  # (count * heads, size, size, size, size)
-        return bias.reshape(count, heads, size * size, size * size)
+        return along_height, along_width
 
 
 def run_window_layer(layer: MEMatteWindowLayer, hidden_states: torch.Tensor, settings: ForwardSettings) -> torch.Tensor:
@@ -606,13 +634,16 @@ def run_window_layer(layer: MEMatteWindowLayer, hidden_states: torch.Tensor, set
     whole grid would be; attention never crosses a window and the rest is per token, so the result is the
     same. Blocks with a residual conv block (3x3 convolutions) and the differentiable path run whole.
     """
-    if not settings.inplace or layer.use_residual_block or not layer.window_size:
+    if not settings.inplace:
         return layer(hidden_states)
+    fused = settings.execution.fused_window_attention
+    if layer.use_residual_block or not layer.window_size:
+        return layer(hidden_states, fused_attention=fused)
     height, width = hidden_states.shape[2], hidden_states.shape[3]
     bands = row_bands(height, width, layer.window_size, settings.execution.band_tokens)
     if len(bands) == 1:
-        return layer(hidden_states)
-    return torch.cat([layer(hidden_states[:, :, band]) for band in bands], dim=2)
+        return layer(hidden_states, fused_attention=fused)
+    return torch.cat([layer(hidden_states[:, :, band], fused_attention=fused) for band in bands], dim=2)
 
 
 class MEMatteBackbone(nn.Module):

@@ -34,7 +34,7 @@ from transformers.utils import is_torchvision_available, logging
 from .errors import CheckpointError, HubError, InputError
 from .trimap import mask_to_trimap
 
-__all__ = ["BACKENDS", "MODEL_TYPES", "ClickSegmenter", "MaskPrediction", "MissingBackendError"]
+__all__ = ["BACKENDS", "MODEL_TYPES", "ClickSegmenter", "ImageEmbedding", "MaskPrediction", "MissingBackendError"]
 
 logger = logging.get_logger(__name__)
 
@@ -88,13 +88,47 @@ class _Prompt:
 
 
 @dataclass
-class _Embedding:
-    """What the image encoder produced for one image, plus what decoding needs to map sizes."""
+class ImageEmbedding:
+    """What the image encoder produced for one image, plus what decoding needs to map sizes.
+
+    It can be moved between devices and pickled, so that the encoder runs once per photo on a GPU and the
+    clicks decode from a CPU copy (what the Space does on ZeroGPU, where the GPU is attached only for a call).
+    """
 
     original_size: tuple[int, int]  # (H, W) of the image given to set_image
     features: Any  # what the model's forward takes as ``image_embeddings``
     extra: dict[str, Any] = field(default_factory=dict)  # other forward inputs (SAM-HQ's ViT features)
     resized_size: tuple[int, int] | None = None  # (H, W) the image was resized to before padding
+
+    def to(self, device: str | torch.device) -> ImageEmbedding:
+        """A copy with every tensor on ``device`` (the same object when they are all there already)."""
+        features, extra = _move(self.features, device), _move(self.extra, device)
+        return ImageEmbedding(self.original_size, features, extra, self.resized_size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by its tensors."""
+        return sum(tensor.numel() * tensor.element_size() for tensor in _tensors(self.features, self.extra))
+
+
+def _move(value: Any, device: str | torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _move(item, device) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_move(item, device) for item in value)
+    return value
+
+
+def _tensors(*values: Any) -> Iterator[torch.Tensor]:
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, dict):
+            yield from _tensors(*value.values())
+        elif isinstance(value, (list, tuple)):
+            yield from _tensors(*value)
 
 
 class ClickSegmenter:
@@ -126,9 +160,9 @@ class ClickSegmenter:
         if cache_size < 1:
             raise InputError(f"cache_size must be at least 1, got {cache_size}")
         self._backend = _make_backend(model, processor, device, _as_dtype(dtype))
-        self._cache: OrderedDict[str, _Embedding] = OrderedDict()
+        self._cache: OrderedDict[str, ImageEmbedding] = OrderedDict()
         self._cache_size = cache_size
-        self._current: _Embedding | None = None
+        self._current: ImageEmbedding | None = None
         # set_image + predict from concurrent requests (Gradio threads) must not interleave.
         self._lock = threading.RLock()
 
@@ -188,6 +222,16 @@ class ClickSegmenter:
         """(height, width) of the current image, or ``None`` before :meth:`set_image`."""
         return None if self._current is None else self._current.original_size
 
+    def embed(self, image: np.ndarray) -> ImageEmbedding:
+        """Run the image encoder on an (H, W, 3) uint8 RGB image and return its embedding (no caching).
+
+        Keep it (``embedding.to("cpu")`` to free the GPU) and pass it to :meth:`predict_mask` with each click:
+        the encoder, by far the heaviest part of SAM, then runs once per photo.
+        """
+        image = _check_image(image)
+        with self._lock:
+            return self._backend.embed(image)
+
     def set_image(self, image: np.ndarray) -> None:
         """Compute (or fetch from the cache) the embedding of an (H, W, 3) uint8 RGB image."""
         image = _check_image(image)
@@ -215,6 +259,7 @@ class ClickSegmenter:
         box: Box | None = None,
         multimask: bool = True,
         image: np.ndarray | None = None,
+        embedding: ImageEmbedding | None = None,
     ) -> MaskPrediction:
         """Predict the object mask for clicks and/or a box on the current image.
 
@@ -227,11 +272,18 @@ class ClickSegmenter:
                 once several points or a box make the prompt unambiguous.
             image: if given, :meth:`set_image` it first (free when cached); the two steps then run under one
                 lock, so concurrent requests sharing a segmenter cannot swap images in between.
+            embedding: decode from this embedding (from :meth:`embed`, on any device) instead of the current
+                image; the current image and the cache are left as they are.
         """
+        if image is not None and embedding is not None:
+            raise InputError("give either an image or its embedding, not both")
         with self._lock:
-            if image is not None:
-                self.set_image(image)
-            embedding = self._require_image()
+            if embedding is not None:
+                embedding = embedding.to(self._backend.device)
+            else:
+                if image is not None:
+                    self.set_image(image)
+                embedding = self._require_image()
             prompt = _check_prompt(points, labels, box, embedding.original_size)
             masks, scores = self._backend.decode(embedding, prompt, bool(multimask))
         index = int(np.argmax(scores))
@@ -245,6 +297,7 @@ class ClickSegmenter:
         band_width: int | None = None,
         multimask: bool = True,
         image: np.ndarray | None = None,
+        embedding: ImageEmbedding | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict_mask`, then :func:`~mematte_hf.trimap.mask_to_trimap` on the best mask.
 
@@ -252,10 +305,10 @@ class ClickSegmenter:
             ``(mask, trimap)``: (H, W) bool and (H, W) uint8 with values {0, 128, 255}. An empty or full mask
             gives a trimap without unknown region; check before matting.
         """
-        prediction = self.predict_mask(points, labels, box, multimask, image)
+        prediction = self.predict_mask(points, labels, box, multimask, image, embedding)
         return prediction.mask, mask_to_trimap(prediction.mask, band_width)
 
-    def _require_image(self) -> _Embedding:
+    def _require_image(self) -> ImageEmbedding:
         if self._current is None:
             raise InputError("no image set: call set_image(image) before predicting a mask")
         return self._current
@@ -279,6 +332,10 @@ class _SamBackend:
         parameter = next(self.model.parameters())
         return parameter.device, parameter.dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self._device_dtype[0]
+
     @staticmethod
     def _default_processor(config: Any) -> Any:
         from transformers import SamProcessor
@@ -286,10 +343,10 @@ class _SamBackend:
         return SamProcessor(_sam_image_processor(config.vision_config.image_size))
 
     @torch.inference_mode()
-    def embed(self, image: np.ndarray) -> _Embedding:
+    def embed(self, image: np.ndarray) -> ImageEmbedding:
         inputs = self.processor(images=image, return_tensors="pt")
         device, dtype = self._device_dtype
-        embedding = _Embedding(image.shape[:2], features=None, resized_size=self._resized_size(inputs))
+        embedding = ImageEmbedding(image.shape[:2], features=None, resized_size=self._resized_size(inputs))
         self._encode(inputs["pixel_values"].to(device=device, dtype=dtype), embedding)
         return embedding
 
@@ -298,11 +355,11 @@ class _SamBackend:
         height, width = inputs["reshaped_input_sizes"][0]
         return int(height), int(width)
 
-    def _encode(self, pixel_values: torch.Tensor, embedding: _Embedding) -> None:
+    def _encode(self, pixel_values: torch.Tensor, embedding: ImageEmbedding) -> None:
         embedding.features = self.model.get_image_embeddings(pixel_values)
 
     @torch.inference_mode()
-    def decode(self, embedding: _Embedding, prompt: _Prompt, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, embedding: ImageEmbedding, prompt: _Prompt, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
         outputs = self.model(
             image_embeddings=embedding.features,
             **embedding.extra,
@@ -313,7 +370,7 @@ class _SamBackend:
         masks = self._upscale(outputs.pred_masks.float(), embedding)[0][0]
         return masks.cpu().numpy(), outputs.iou_scores[0, 0].float().cpu().numpy()
 
-    def _prompt_tensors(self, embedding: _Embedding, prompt: _Prompt) -> dict[str, torch.Tensor]:
+    def _prompt_tensors(self, embedding: ImageEmbedding, prompt: _Prompt) -> dict[str, torch.Tensor]:
         """Prompts in the coordinates of the resized model input, nested (image, object, point, xy)."""
         device = self._device_dtype[0]
         height, width = embedding.original_size
@@ -331,7 +388,7 @@ class _SamBackend:
             tensors["input_boxes"] = torch.as_tensor(box, dtype=torch.float32, device=device)[None, None]
         return tensors
 
-    def _upscale(self, low_res: torch.Tensor, embedding: _Embedding) -> list[torch.Tensor]:
+    def _upscale(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> list[torch.Tensor]:
         return self.processor.post_process_masks(
             low_res, [embedding.original_size], [embedding.resized_size], binarize=True
         )
@@ -348,7 +405,7 @@ class _SamHQBackend(_SamBackend):
 
         return SamHQProcessor(_sam_image_processor(config.vision_config.image_size))
 
-    def _encode(self, pixel_values: torch.Tensor, embedding: _Embedding) -> None:
+    def _encode(self, pixel_values: torch.Tensor, embedding: ImageEmbedding) -> None:
         features, intermediate = self.model.get_image_embeddings(pixel_values)
         # The decoder reads only the first of these (one per global block, each as large as the image
         # features several times over), so caching the rest would only cost memory.
@@ -371,7 +428,7 @@ class _Sam2Backend(_SamBackend):
         side = int(self.processor.target_size)
         return side, side
 
-    def _upscale(self, low_res: torch.Tensor, embedding: _Embedding) -> list[torch.Tensor]:
+    def _upscale(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> list[torch.Tensor]:
         return self.processor.post_process_masks(low_res, [embedding.original_size], binarize=True)
 
 
@@ -511,12 +568,16 @@ class _SegmentAnythingBackend:
         self.model = model.to(device=device, dtype=dtype).eval()
         self.predictor = sam.SamPredictor(self.model)
 
-    def embed(self, image: np.ndarray) -> _Embedding:
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def embed(self, image: np.ndarray) -> ImageEmbedding:
         self.predictor.set_image(image, image_format="RGB")
         state = {name: getattr(self.predictor, name) for name in ("features", "original_size", "input_size")}
-        return _Embedding(original_size=image.shape[:2], features=state)
+        return ImageEmbedding(original_size=image.shape[:2], features=state)
 
-    def decode(self, embedding: _Embedding, prompt: _Prompt, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, embedding: ImageEmbedding, prompt: _Prompt, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
         for name, value in embedding.features.items():
             setattr(self.predictor, name, value)
         self.predictor.is_image_set = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -22,15 +23,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except runtime.StartupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    from .ui import CSS, build_demo  # gradio is imported only once the models are there
+    from . import ui  # gradio is imported only once the models are there
 
-    demo = build_demo(settings)
-    demo.launch(
-        server_name=settings.host,
-        server_port=settings.port,
-        max_file_size=settings.max_file_size,
-        share=settings.share,
-        ssr_mode=False,  # no Node server: the plain client-side page works everywhere the Space runs
-        css=CSS,
-    )
+    demo = ui.build_demo(settings)
+    # SIGTERM (how a Space or a supervisor stops the app) ends like Ctrl+C: gradio closes its server, and every
+    # session's files and the store are deleted on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        demo.launch(
+            server_name=settings.host,
+            server_port=settings.port,
+            max_file_size=settings.max_file_size,
+            share=settings.share,
+            ssr_mode=False,  # no Node server: the plain client-side page works everywhere the Space runs
+            css=ui.CSS,
+            mcp_server=settings.mcp,
+        )
+    finally:
+        ui.sessions().close()
+        from .store import store
+
+        store().close()
     return 0

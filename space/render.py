@@ -19,7 +19,7 @@ PREVIEW_MAX_SIDE = 1024
 
 MASK_COLOUR = np.array([30, 144, 255], dtype=np.float32)  # the SAM mask tint
 ROUTED_COLOUR = np.array([255, 140, 0], dtype=np.float32)  # tokens sent to global attention
-POSITIVE, NEGATIVE, CORNER = (40, 200, 80), (230, 40, 40), (255, 210, 0)
+POSITIVE, NEGATIVE, CORNER, DETECTED = (40, 200, 80), (230, 40, 40), (255, 210, 0), (255, 255, 255)
 
 
 def preview_scale(height: int, width: int, max_side: int = PREVIEW_MAX_SIDE) -> float:
@@ -60,10 +60,12 @@ def prompt_view(
     labels: Sequence[int],
     corners: Sequence[tuple[float, float]],
     box: tuple[float, float, float, float] | None,
+    detected: Sequence[Sequence[float]] = (),
 ) -> np.ndarray:
-    """The photo preview with the SAM mask tinted and outlined, the clicks as dots and the box as a frame.
+    """The photo preview with the mask tinted and outlined, the clicks as dots, the box as a frame and the
+    boxes a text prompt found as thin frames.
 
-    ``points``, ``corners`` and ``box`` are in photo pixels; ``scale`` maps them onto the preview.
+    ``points``, ``corners``, ``box`` and ``detected`` are in photo pixels; ``scale`` maps them onto the preview.
     """
     picture = preview.astype(np.float32)
     if mask is not None:
@@ -73,6 +75,9 @@ def prompt_view(
     canvas = Image.fromarray(np.rint(picture).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     radius = max(4, round(max(preview.shape[:2]) / 110))
+    for found in detected:
+        x0, y0, x1, y1 = (value * scale for value in found)
+        draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=DETECTED, width=max(1, radius // 3))
     if box is not None:
         x0, y0, x1, y1 = (value * scale for value in box)
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=CORNER, width=max(2, radius // 2))

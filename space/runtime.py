@@ -1,37 +1,57 @@
-"""Where the models run and how they are loaded: one MEMatte and one SAM per process, on ZeroGPU, CUDA or CPU.
+"""Where the models run and how they are loaded: one MEMatte, one SAM and an optional text model per process.
 
-* ZeroGPU (a Hugging Face Space with ``SPACES_ZERO_GPU`` set and the ``spaces`` package installed): the
-  functions that touch the GPU are wrapped in ``spaces.GPU`` with a duration sized from the photo's pixel
-  count, and return only CPU numpy arrays, because the GPU is attached to the process only during those calls.
-* Plain CUDA when ``torch.cuda.is_available()``; the CPU otherwise. Neither needs ``spaces``.
+The GPU work is in the functions decorated with ``spaces.GPU`` at the end of this module. On a ZeroGPU Space
+(``SPACES_ZERO_GPU`` set by the platform) that decorator runs each call in a forked worker that holds the GPU
+and pickles the call's arguments and result; anywhere else it returns the function unchanged, and the models
+run on CUDA when present, else on the CPU. So the GPU functions are written for ZeroGPU's terms:
 
-Both models are module-level singletons created under a lock, so concurrent requests (gradio runs handlers in
-threads) never load a model twice; :func:`load_models` loads them eagerly at startup so that a wrong model id
-fails before the server starts, not at the first click.
+* they take store keys (:mod:`~space.store`), not photos, and return only CPU arrays, compactly: the matte's
+  alpha as 16-bit integers and its foreground colours as 8-bit, with the routing masks (about 5 bytes per
+  pixel in all, where the whole float result was 20);
+* CPU work (decoding, checks, trimaps, PNG writing) happens outside them, so the GPU time asked for is the
+  model's; SAM's image encoder runs once per photo, and its embedding comes back to the visitor's session,
+  from which every click decodes on the CPU;
+* the GPU seconds they ask for are computed from the photo's size and the throughput measured on an H200
+  (``/work/shared/GPU-NOTES.md``: 0.67 s for the model and 0.59 s for the foreground colours of a 3840 x
+  2160 matte), scaled for the slice asked for and with room for the worker's start.
+
+Models are module-level singletons created under a lock, so concurrent requests (gradio runs handlers in
+threads) never load a model twice; :func:`load_models` loads them at startup so that a wrong model id fails
+before the server starts, not at the first click.
 """
 
 from __future__ import annotations
 
+# `spaces` first: on ZeroGPU it must be imported before anything initialises CUDA (torch is imported later).
+import spaces  # isort: skip
+
 import contextlib
-import importlib
-import importlib.util
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from .settings import Settings
+from .store import store
 
-Function = TypeVar("Function", bound=Callable[..., Any])
-
-# Seconds of GPU time asked of ZeroGPU. A matte costs a fixed part (moving the model, foreground estimation
-# set-up) plus a part growing with the pixel count; measured ViT-S mattes take well under a second per
-# megapixel on an H100-class slice, so these leave room for slower slices and the foreground estimation.
-MATTE_BASE_SECONDS, MATTE_SECONDS_PER_MEGAPIXEL, MATTE_MAX_SECONDS = 20, 4.0, 120
-SEGMENT_BASE_SECONDS, SEGMENT_SECONDS_PER_MEGAPIXEL, SEGMENT_MAX_SECONDS = 10, 0.5, 30
+# Seconds per megapixel of a matte with foreground colours, measured on an H200 (GPU-NOTES.md: 3840 x 2160,
+# model 0.67 s + foreground 0.59 s = 1.26 s for 8.3 MP), and how much slower a ZeroGPU slice is assumed to be
+# (a half RTX Pro 6000 Blackwell has about a third of an H200's memory bandwidth, a whole one two thirds).
+H200_MATTE_SECONDS_PER_MEGAPIXEL = 1.26 / 8.29
+SLICE_SLOWDOWN = {"large": 3.0, "xlarge": 1.5}
+# Every call also pays for the worker's start and the model's move to the GPU; SAM's encoder and a detector
+# take well under a second on one image at their fixed input size.
+CALL_OVERHEAD_SECONDS, MAX_SECONDS = 8, 120
+SEGMENT_SECONDS = 10
+#: The ZeroGPU slice asked for: "large" is half an RTX Pro 6000 Blackwell (48 GB), "xlarge" a whole one (96 GB).
+#: An environment variable, not an option: ``spaces.GPU`` is applied when this module is imported.
+GPU_SIZE = os.environ.get("MEMATTE_GPU_SIZE", "large").strip() or "large"
+if GPU_SIZE not in SLICE_SLOWDOWN:
+    raise SystemExit(f"app.py: error: MEMATTE_GPU_SIZE={GPU_SIZE!r} is not one of {', '.join(SLICE_SLOWDOWN)}")
 
 
 def zero_gpu_requested(environ: dict[str, str] | None = None) -> bool:
@@ -40,48 +60,24 @@ def zero_gpu_requested(environ: dict[str, str] | None = None) -> bool:
     return value.strip().lower() in ("1", "true", "yes")
 
 
-def _import_spaces() -> Any | None:
-    """The ``spaces`` package on ZeroGPU, else None. Imported before any CUDA work, as ZeroGPU requires."""
-    if not zero_gpu_requested() or importlib.util.find_spec("spaces") is None:
-        return None
-    return importlib.import_module("spaces")
-
-
-_spaces = _import_spaces()
-
-
 def on_zero_gpu() -> bool:
-    return _spaces is not None
+    return zero_gpu_requested()
 
 
-def gpu_task(duration: Callable[..., int]) -> Callable[[Function], Function]:
-    """``spaces.GPU(duration=duration)`` on ZeroGPU; elsewhere the function is returned unchanged.
-
-    ``duration`` receives the same arguments as the decorated function and returns seconds.
-    """
-
-    def decorate(function: Function) -> Function:
-        if _spaces is None:
-            return function
-        return _spaces.GPU(duration=duration)(function)
-
-    return decorate
+def matte_seconds_for(pixels: int, gpu_size: str = GPU_SIZE) -> int:
+    """GPU seconds to ask for one matte of ``pixels`` on this ZeroGPU slice, with a 2x margin."""
+    seconds = CALL_OVERHEAD_SECONDS + 2 * SLICE_SLOWDOWN[gpu_size] * H200_MATTE_SECONDS_PER_MEGAPIXEL * pixels / 1e6
+    return int(min(MAX_SECONDS, np.ceil(seconds)))
 
 
-def _scaled_seconds(pixels: int, base: float, per_megapixel: float, most: float) -> int:
-    return int(min(most, base + per_megapixel * pixels / 1e6))
+def matte_seconds(photo_key: str, *args: Any, **kwargs: Any) -> int:
+    """The duration ``spaces.GPU`` asks for a :func:`matte` call (it receives the call's arguments)."""
+    height, width = store().get(photo_key).shape[:2]
+    return matte_seconds_for(height * width)
 
 
-def matte_seconds(image: np.ndarray, *args: Any, **kwargs: Any) -> int:
-    """GPU seconds to ask for one matte of ``image`` (the decorated function's first argument)."""
-    pixels = int(image.shape[0]) * int(image.shape[1])
-    return _scaled_seconds(pixels, MATTE_BASE_SECONDS, MATTE_SECONDS_PER_MEGAPIXEL, MATTE_MAX_SECONDS)
-
-
-def segment_seconds(image: np.ndarray, *args: Any, **kwargs: Any) -> int:
-    """GPU seconds to ask for one SAM click on ``image`` (the image encoder runs on a 1024 px copy)."""
-    pixels = int(image.shape[0]) * int(image.shape[1])
-    return _scaled_seconds(pixels, SEGMENT_BASE_SECONDS, SEGMENT_SECONDS_PER_MEGAPIXEL, SEGMENT_MAX_SECONDS)
+def segment_seconds(*args: Any, **kwargs: Any) -> int:
+    return SEGMENT_SECONDS
 
 
 def choose_device(requested: str | None = None) -> str:
@@ -107,13 +103,15 @@ _lock = threading.Lock()
 _settings: Settings | None = None
 _predictor: Any | None = None
 _segmenter: Any | None = None
+_click_segmenter: Any | None = None
+_text_model: Any | None = None
 
 
 def configure(settings: Settings) -> None:
     """Remember the settings the singletons are built from (models already loaded are dropped)."""
-    global _settings, _predictor, _segmenter
+    global _settings, _predictor, _segmenter, _click_segmenter, _text_model
     with _lock:
-        _settings, _predictor, _segmenter = settings, None, None
+        _settings, _predictor, _segmenter, _click_segmenter, _text_model = settings, None, None, None, None
 
 
 def settings() -> Settings:
@@ -142,10 +140,47 @@ def segmenter() -> Any:
     return _segmenter
 
 
+def click_segmenter() -> Any:
+    """The ``ClickSegmenter`` that decodes clicks from a kept embedding, in the web server's process.
+
+    Off ZeroGPU that is :func:`segmenter` itself. On ZeroGPU the GPU exists only inside ``spaces.GPU`` calls,
+    so clicks decode with a CPU copy of SAM: its prompt encoder and mask decoder take milliseconds there, and
+    a click then costs no GPU quota and no wait for a GPU.
+    """
+    global _click_segmenter
+    if not on_zero_gpu():
+        return segmenter()
+    if _click_segmenter is None:
+        with _lock:
+            if _click_segmenter is None:
+                import torch
+
+                # ZeroGPU forks its worker from this process: a child forked after OpenMP ran here with several
+                # threads hangs in its first parallel CPU op (libgomp), so this process's CPU work stays on one
+                # thread. SAM's decoder is small enough that a click still takes milliseconds.
+                torch.set_num_threads(1)
+                _click_segmenter = _load_segmenter(settings(), device="cpu")
+    return _click_segmenter
+
+
+def text_model() -> Any | None:
+    """The text-prompt model (a detector or SAM 3), or None when the app was started without one."""
+    global _text_model
+    if settings().text_model is None:
+        return None
+    if _text_model is None:
+        with _lock:
+            if _text_model is None:
+                _text_model = _load_text_model(settings())
+    return _text_model
+
+
 def load_models() -> None:
-    """Load both models now; raise :class:`StartupError` with one readable line when one cannot be loaded."""
+    """Load the models now; raise :class:`StartupError` with one readable line when one cannot be loaded."""
     predictor()
     segmenter()
+    click_segmenter()
+    text_model()
 
 
 def _load_predictor(config: Settings) -> Any:
@@ -164,14 +199,26 @@ def _load_predictor(config: Settings) -> Any:
         raise StartupError(_cannot_load("MEMatte", config.model, error, "--model", "MEMATTE_MODEL")) from error
 
 
-def _load_segmenter(config: Settings) -> Any:
+def _load_segmenter(config: Settings, device: str | None = None) -> Any:
     from mematte_hf.segmentation import ClickSegmenter
 
     try:
         with _quiet_loading():
-            return ClickSegmenter.from_pretrained(config.sam_model, device=choose_device(config.device))
+            return ClickSegmenter.from_pretrained(config.sam_model, device=device or choose_device(config.device))
     except Exception as error:  # noqa: BLE001
         raise StartupError(_cannot_load("SAM", config.sam_model, error, "--sam-model", "MEMATTE_SAM_MODEL")) from error
+
+
+def _load_text_model(config: Settings) -> Any:
+    from mematte_hf.text_prompts import load_text_model
+
+    try:
+        with _quiet_loading():
+            return load_text_model(config.text_model, device=choose_device(config.device),
+                                   threshold=config.text_threshold)  # fmt: skip
+    except Exception as error:  # noqa: BLE001
+        message = _cannot_load("text", config.text_model, error, "--text-model", "MEMATTE_TEXT_MODEL")
+        raise StartupError(message) from error
 
 
 def _cannot_load(what: str, model_id: str, error: Exception, option: str, variable: str) -> str:
@@ -213,34 +260,108 @@ def _quiet_loading() -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the GPU work
+# the GPU work: arguments are store keys and small values, results are compact CPU arrays
 
 
-@gpu_task(segment_seconds)
-def segment(
-    image: np.ndarray,
-    points: Sequence[tuple[float, float]],
-    labels: Sequence[int],
-    box: tuple[float, float, float, float] | None,
-    band_width: int | None,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """SAM on the clicks: (mask bool HxW, trimap uint8 HxW, predicted IoU) at the photo's full resolution."""
-    model = segmenter()
-    try:
-        # A single click is ambiguous (SAM's authors advise 3 candidates); more prompts pin the object down.
-        multimask = len(points) + (2 if box is not None else 0) <= 1
-        prediction = model.predict_mask(points or None, labels or None, box, multimask=multimask, image=image)
-    finally:
-        if on_zero_gpu():
-            model.reset_image()  # cached embeddings are CUDA tensors, invalid once the GPU is detached
-    from mematte_hf.trimap import mask_to_trimap
-
-    return prediction.mask, mask_to_trimap(prediction.mask, band_width), prediction.score
+@spaces.GPU(duration=segment_seconds, size=GPU_SIZE)
+def embed_photo(photo_key: str) -> Any:
+    """SAM's image embedding of the stored photo, moved to the CPU: the session keeps it for every click."""
+    image = np.asarray(store().get(photo_key))
+    return segmenter().embed(image).to("cpu")
 
 
-@gpu_task(matte_seconds)
-def matte(image: np.ndarray, trimap: np.ndarray, max_global_tokens: int | str | None) -> Any:
-    """MEMatte at full resolution; the foreground colours are estimated here too, on the same device."""
-    result = predictor().predict(image, trimap, max_global_tokens=max_global_tokens)
-    result.foreground()  # cached on the result: later cutouts and composites need no device
-    return result
+@spaces.GPU(duration=segment_seconds, size=GPU_SIZE)
+def find_objects(photo_key: str, text: str) -> Any:
+    """What the text model finds: a detector's boxes (tiny), or SAM 3's mask packed to one bit per pixel."""
+    from mematte_hf.text_prompts import TextDetector
+
+    model, image = text_model(), np.asarray(store().get(photo_key))
+    if isinstance(model, TextDetector):
+        return model.detect(image, text)
+    found = model.segment(image, text)
+    return PackedMask(np.packbits(found.mask), found.mask.shape), found.detections
+
+
+@dataclass
+class PackedMask:
+    """A boolean mask at one bit per pixel, for the trip out of the GPU worker."""
+
+    bits: np.ndarray
+    shape: tuple[int, int]
+
+    def unpack(self) -> np.ndarray:
+        count = self.shape[0] * self.shape[1]
+        return np.unpackbits(self.bits, count=count).reshape(self.shape).astype(bool)
+
+
+@dataclass
+class LeanMatte:
+    """What the matte call returns: 16-bit alpha, 8-bit foreground colours, routing masks and the figures."""
+
+    alpha: np.ndarray  # (H, W) uint16, 65535 = opaque
+    foreground: np.ndarray  # (H, W, 3) uint8
+    routing_masks: list[np.ndarray] = field(default_factory=list)
+    model_ran: bool = True
+    message: str = ""
+    seconds: float = 0.0
+    peak_memory_bytes: int | None = None
+    plan: Any | None = None
+    max_global_tokens: int | None = None
+    decoder_tile_size: int | None = None
+    device: str = "cpu"
+
+    @property
+    def alpha_float(self) -> np.ndarray:
+        return self.alpha.astype(np.float32) / 65535.0
+
+    @property
+    def routed_fraction(self) -> list[float]:
+        return [float(mask.mean()) for mask in self.routing_masks]
+
+    def rgba(self) -> np.ndarray:
+        """(H, W, 4) uint8 cutout: the foreground colours with the alpha rounded to 8 bits."""
+        alpha8 = np.rint(self.alpha.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+        return np.dstack([self.foreground, alpha8])
+
+
+def prepare_matte(session_id: str, photo_key: str, trimap: np.ndarray) -> str | None:
+    """The CPU part of a matte, before the GPU call: the model's input (checked, normalised, padded) is stored
+    for :func:`matte`, under a key that is returned; None when the trimap leaves nothing for the model."""
+    prepared = predictor().prepare(np.asarray(store().get(photo_key)), trimap)
+    if prepared.pixel_values is None:
+        return None
+    return store().put(session_id, "pixel_values", prepared.pixel_values.numpy())
+
+
+@spaces.GPU(duration=matte_seconds, size=GPU_SIZE)
+def matte(
+    photo_key: str, trimap_key: str, pixel_values_key: str | None, max_global_tokens: int | str | None
+) -> LeanMatte:
+    """MEMatte at full resolution with its foreground colours, from what :func:`prepare_matte` stored.
+
+    Only the model's forward and the foreground estimation run here (on the GPU, under the predictor's lock,
+    with the memory plan counting both); the result leaves as 16-bit alpha and 8-bit colours.
+    """
+    import torch
+
+    from mematte_hf.image_io import alpha_to_uint16
+    from mematte_hf.predictor import PreparedMatte
+
+    rgb, trimap = np.asarray(store().get(photo_key)), np.asarray(store().get(trimap_key))
+    pixel_values = None
+    if pixel_values_key is not None:
+        pixel_values = torch.from_numpy(np.array(store().get(pixel_values_key)))  # a writable copy for torch
+    result = predictor().run(PreparedMatte(rgb, trimap, pixel_values), max_global_tokens, with_foreground=True)
+    return LeanMatte(
+        alpha=alpha_to_uint16(result.alpha),
+        foreground=np.rint(result.foreground() * 255).astype(np.uint8),
+        routing_masks=[np.asarray(mask, dtype=bool) for mask in result.routing_masks],
+        model_ran=result.model_ran,
+        message=result.message,
+        seconds=result.seconds,
+        peak_memory_bytes=result.peak_memory_bytes,
+        plan=result.plan,
+        max_global_tokens=result.max_global_tokens,
+        decoder_tile_size=result.decoder_tile_size,
+        device=str(result.device),
+    )

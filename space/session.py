@@ -1,18 +1,29 @@
-"""One visitor's work in progress, and the steps between the UI and the models, free of any gradio code.
+"""One visitor's work in progress, the registry of sessions, and the steps between the UI and the models,
+free of any gradio code.
 
-A :class:`Session` lives in a ``gr.State``: gradio keeps it in memory for the browser tab and drops it when the
-tab closes (or after a time to live), and :func:`forget` then deletes the session's download files.
+A :class:`Session` belongs to one browser tab (gradio's ``session_hash``) and is held by :class:`Sessions`,
+which drops it, and deletes every file it made, when the tab closes (gradio's unload event), when it has been
+idle for ``keep_seconds``, when more than ``max_sessions`` are open (the least recently active one goes), and
+at shutdown. What a session keeps: the photo in the :mod:`~space.store` (a file only its GPU calls read), its
+preview, the SAM embedding and mask and the trimap in memory, and its previews and downloads in one folder of
+gradio's cache.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import re
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,11 +32,12 @@ from mematte_hf.image_io import save_alpha_png, save_rgba_png
 from mematte_hf.trimap import BACKGROUND, FOREGROUND, UNKNOWN, apply_brush
 
 from . import render
+from .store import ArrayStore
 
 FOREGROUND_POINT, BACKGROUND_POINT, BOX_CORNER = "foreground", "background", "box"
 CLICK_KINDS = (FOREGROUND_POINT, BACKGROUND_POINT, BOX_CORNER)
 
-#: Prefix of the per-request download folders, so that the sweep only ever removes our own folders.
+#: Prefix of the per-session and per-request folders in gradio's cache, so that sweeps only remove our own.
 DOWNLOAD_PREFIX = "mematte-downloads-"
 
 
@@ -40,51 +52,62 @@ class Click:
 
 @dataclass
 class Session:
-    """The full-resolution photo and everything derived from it for one browser tab."""
+    """The photo and everything derived from it for one browser tab."""
 
-    image: np.ndarray | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    photo_key: str | None = None  # the full-size photo in the store
+    size: tuple[int, int] | None = None  # (height, width) of the photo
     name: str = "photo"
     scale: float = 1.0  # preview pixels per photo pixel
     preview: np.ndarray | None = None
+    embedding: Any | None = None  # SAM's image embedding of the photo, on the CPU: computed once per photo
     clicks: list[Click] = field(default_factory=list)
+    text: str | None = None  # the text prompt the detections came from
+    text_boxes: np.ndarray | None = None  # (N, 4) boxes a detector found for it, best first
+    text_mask: np.ndarray | None = None  # the mask the text made (before clicks refine it)
     band_width: int | None = None  # None: default_band_width of the photo
     mask: np.ndarray | None = None
     score: float | None = None
-    trimap: np.ndarray | None = None  # from the SAM mask, before brush corrections
-    cutout_preview: tuple[np.ndarray, np.ndarray] | None = None  # (foreground uint8, alpha float) previews
-    download_dirs: list[Path] = field(default_factory=list)
+    trimap: np.ndarray | None = None  # from the mask, before brush corrections
+    cutout_preview: tuple[np.ndarray, np.ndarray] | None = None  # (foreground uint8, alpha uint8) previews
+    folder: Path | None = None  # this session's previews and downloads, inside gradio's cache
+    last_active: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- the photo ------------------------------------------------------------------------------------------
 
-    def set_image(self, image: np.ndarray, name: str) -> None:
-        """Start over on a new photo (clicks, mask, trimap and results are dropped)."""
-        self.image = image
+    def set_photo(self, store: ArrayStore, image: np.ndarray, name: str) -> None:
+        """Start over on a new photo (clicks, masks, trimap, embedding and results are dropped)."""
+        self.photo_key = store.put(self.id, "photo", image)
+        self.size = (int(image.shape[0]), int(image.shape[1]))
         self.name = safe_stem(name)
-        self.scale = render.preview_scale(image.shape[0], image.shape[1])
+        self.scale = render.preview_scale(*self.size)
         self.preview = render.downscale(image, self.scale)
-        self.clear_clicks()
+        self.embedding = None
+        self.clear_prompts()
 
-    def require_image(self) -> np.ndarray:
-        if self.image is None:
+    def require_photo(self) -> str:
+        """The photo's store key; an InputError when there is no photo yet."""
+        if self.photo_key is None:
             raise InputError("upload a photo first (or pick one of the examples)")
-        return self.image
+        return self.photo_key
 
     # -- clicks ---------------------------------------------------------------------------------------------
 
     def add_click(self, x: float, y: float, kind: str) -> None:
         """Record a click in photo pixels; refuses clicks outside the photo."""
-        image = self.require_image()
+        self.require_photo()
         if kind not in CLICK_KINDS:
             raise InputError(f"click type must be one of {', '.join(CLICK_KINDS)}, got {kind!r}")
-        height, width = image.shape[:2]
+        height, width = self.size
         if not (0 <= x < width and 0 <= y < height):
             raise InputError(f"the click ({x:g}, {y:g}) is outside the {width} x {height} photo")
         self.clicks.append(Click(float(x), float(y), kind))
 
     def add_preview_click(self, x: float, y: float, kind: str) -> None:
         """Record a click given in preview pixels (what the image's select event reports)."""
-        image = self.require_image()
-        height, width = image.shape[:2]
+        self.require_photo()
+        height, width = self.size
         # The centre of the preview pixel, mapped back; clamped because rounding can land on the far edge.
         photo_x = min(width - 1, max(0, int((x + 0.5) / self.scale)))
         photo_y = min(height - 1, max(0, int((y + 0.5) / self.scale)))
@@ -94,8 +117,10 @@ class Session:
         if self.clicks:
             self.clicks.pop()
 
-    def clear_clicks(self) -> None:
+    def clear_prompts(self) -> None:
+        """Forget clicks, the text prompt and everything made from them."""
         self.clicks.clear()
+        self.text = self.text_boxes = self.text_mask = None
         self.mask, self.score, self.trimap, self.cutout_preview = None, None, None, None
 
     @property
@@ -130,11 +155,11 @@ class Session:
         return bool(self.points) or self.box is not None
 
     def require_trimap(self) -> np.ndarray:
-        self.require_image()
+        self.require_photo()
         if self.trimap is None:
             raise InputError(
-                "click on the object first: a foreground click (or two box corners) makes the mask and the "
-                "trimap that the matte is computed from"
+                "say what to cut out, or click on the object first: that makes the mask and the trimap the "
+                "matte is computed from"
             )
         return self.trimap
 
@@ -144,12 +169,141 @@ class Session:
         if self.preview is None:
             return None
         corners = self.corners[-1:] if self.pending_corner else []
-        return render.prompt_view(self.preview, self.scale, self.mask, self.points, self.labels, corners, self.box)
+        boxes = [tuple(box) for box in self.text_boxes] if self.text_boxes is not None else []
+        return render.prompt_view(
+            self.preview, self.scale, self.mask, self.points, self.labels, corners, self.box, boxes
+        )
 
     def trimap_view(self) -> np.ndarray | None:
         if self.preview is None or self.trimap is None:
             return None
         return render.trimap_view(self.preview, self.trimap)
+
+    # -- files --------------------------------------------------------------------------------------------
+
+    def new_folder(self, root: str | Path) -> Path:
+        """A fresh folder for this session's previews and downloads; the previous one is deleted."""
+        self.delete_folder()
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX, dir=root))
+        return self.folder
+
+    def delete_folder(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def forget(self, store: ArrayStore | None) -> None:
+        """Delete everything this session made: its store files, its folder, its arrays in memory."""
+        if store is not None:
+            store.drop_session(self.id)
+        self.delete_folder()
+        self.photo_key = self.size = self.preview = self.embedding = None
+        self.clear_prompts()
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps large freed blocks otherwise).
+
+    A session's arrays are tens of megabytes; without this, the server's resident memory only ever grows with
+    the largest photos seen, though nothing is kept.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None  # not glibc (musl, macOS): nothing to trim
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+class Sessions:
+    """The open sessions by gradio ``session_hash``: created on first use, ended on unload, expiry or eviction.
+
+    Args:
+        store: where the sessions' arrays live.
+        keep_seconds: a session idle this long is ended; download folders older than this are deleted.
+        max_sessions: sessions held at once; the least recently active is ended to make room for a new one.
+        cache_root: gradio's cache folder, where the sessions' previews and downloads are written.
+    """
+
+    def __init__(self, store: ArrayStore, keep_seconds: float, max_sessions: int, cache_root: Callable[[], str]):
+        self.store = store
+        self.keep_seconds = keep_seconds
+        self.max_sessions = max_sessions
+        self.cache_root = cache_root
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, session_hash: str | None) -> Session:
+        """This tab's session, created if new (ending the least recently active one when full)."""
+        key = session_hash or "anonymous"
+        evicted = []
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                session = Session()
+                self._sessions[key] = session
+                while len(self._sessions) > self.max_sessions:
+                    evicted.append(self._sessions.popitem(last=False)[1])
+            self._sessions.move_to_end(key)
+            session.last_active = time.monotonic()
+        for old in evicted:
+            self._end(old)
+        return session
+
+    def end(self, session_hash: str | None) -> bool:
+        """End this tab's session (the tab closed); returns whether there was one."""
+        with self._lock:
+            session = self._sessions.pop(session_hash or "anonymous", None)
+        if session is not None:
+            self._end(session)
+        return session is not None
+
+    def sweep(self, now: float | None = None) -> int:
+        """End sessions idle for ``keep_seconds`` and delete download folders older than that; returns how many
+        sessions ended."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            expired = [
+                key
+                for key, session in self._sessions.items()
+                if now - session.last_active > self.keep_seconds and not session.lock.locked()  # not mid-request
+            ]
+            sessions = [self._sessions.pop(key) for key in expired]
+        for session in sessions:
+            self._end(session)
+        sweep_downloads(self.cache_root(), self.keep_seconds, active=self.folders())
+        return len(sessions)
+
+    def folders(self) -> set[Path]:
+        with self._lock:
+            return {session.folder for session in self._sessions.values() if session.folder is not None}
+
+    def close(self) -> None:
+        """End every session and delete every folder of ours in gradio's cache, /cutout results included
+        (shutdown)."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for session in sessions:
+            self._end(session)
+        sweep_downloads(self.cache_root(), keep_seconds=-1)
+
+    def _end(self, session: Session) -> None:
+        with session.lock:  # a request of this session still running finishes first
+            session.forget(self.store)
+        release_freed_memory()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -255,44 +409,28 @@ def safe_stem(name: str | None) -> str:
     return stem[:60] or "photo"
 
 
-def write_downloads(
-    root: str | Path, name: str, alpha: np.ndarray, rgba: np.ndarray, keep_seconds: int
-) -> tuple[Path, list[Path]]:
-    """Write the full-resolution alpha (8 and 16 bit) and RGBA PNGs into a new folder of their own.
-
-    The folder sits in gradio's cache folder, which gradio serves from and clears; older folders of
-    ours are swept away here too, so nothing outlives ``keep_seconds`` even if a session never ends.
-    """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    sweep_downloads(root, keep_seconds)
-    folder = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX, dir=root))
-    files = [
-        save_alpha_png(folder / f"{name}_alpha.png", alpha, bits=8),
-        save_alpha_png(folder / f"{name}_alpha_16bit.png", alpha, bits=16),
-        save_rgba_png(folder / f"{name}_cutout_rgba.png", rgba),
+def write_downloads(folder: str | Path, name: str, alpha: np.ndarray, rgba: np.ndarray) -> list[Path]:
+    """Write the full-resolution alpha (8 and 16 bit) and RGBA PNGs into ``folder``."""
+    folder = Path(folder)
+    return [
+        Path(save_alpha_png(folder / f"{name}_alpha.png", alpha, bits=8)),
+        Path(save_alpha_png(folder / f"{name}_alpha_16bit.png", alpha, bits=16)),
+        Path(save_rgba_png(folder / f"{name}_cutout_rgba.png", rgba)),
     ]
-    return folder, [Path(file) for file in files]
 
 
-def sweep_downloads(root: str | Path, keep_seconds: int, now: float | None = None) -> int:
-    """Delete our download folders in ``root`` older than ``keep_seconds``; returns how many went."""
+def sweep_downloads(
+    root: str | Path, keep_seconds: float, now: float | None = None, active: set[Path] | None = None
+) -> int:
+    """Delete our folders in ``root`` older than ``keep_seconds`` (but not ``active`` ones); returns how many."""
     now = time.time() if now is None else now
+    active = active or set()
     removed = 0
     for folder in Path(root).glob(DOWNLOAD_PREFIX + "*"):
         try:
-            if folder.is_dir() and now - folder.stat().st_mtime > keep_seconds:
+            if folder not in active and folder.is_dir() and now - folder.stat().st_mtime > keep_seconds:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
         except OSError:
             continue  # another worker removed it first
     return removed
-
-
-def forget(session: Session | None) -> None:
-    """Delete the download folders of a session (gradio calls this when the session's state expires)."""
-    if session is None:
-        return
-    for folder in session.download_dirs:
-        shutil.rmtree(folder, ignore_errors=True)
-    session.download_dirs.clear()

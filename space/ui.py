@@ -1,16 +1,20 @@
-"""The gradio interface: upload, click, see mask and trimap, paint corrections, matte, look and download.
+"""The gradio interface: upload, say what to cut out or click on it, paint corrections, matte, look, download.
 
-Every handler takes the visitor's :class:`~space.session.Session` from a ``gr.State`` and returns it. Errors
-meant for the visitor (:class:`~mematte_hf.errors.InputError`) become ``gr.Error`` pop-ups with their message;
-anything unexpected is logged and reported in one line, and the server goes on serving the next request.
+Each browser tab has a :class:`~space.session.Session`, found by gradio's ``session_hash`` in the app's
+:class:`~space.session.Sessions` and ended (its files deleted) when the tab closes. Errors meant for the visitor
+(:class:`~mematte_hf.errors.InputError`) become pop-ups with their message and one line in the log; anything
+unexpected is logged with its traceback and reported in one line, and the server goes on serving.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ from PIL import Image
 from mematte_hf.errors import InputError, MEMatteError
 from mematte_hf.image_io import load_image
 from mematte_hf.memory import format_bytes
-from mematte_hf.trimap import default_band_width
+from mematte_hf.trimap import default_band_width, mask_to_trimap
 
 from . import render, runtime
 from .make_examples import example_paths
@@ -33,40 +37,64 @@ from .session import (
     CAP_AUTO,
     CAP_FIXED,
     CAP_NONE,
+    DOWNLOAD_PREFIX,
     FOREGROUND_POINT,
     Session,
+    Sessions,
     apply_corrections,
-    forget,
     global_token_cap,
     parse_colour,
     write_downloads,
 )
 from .settings import Settings
+from .store import store
+from .video_tab import build_video_tab
 
 logger = logging.getLogger(__name__)
 
-TITLE = "MEMatte: click, refine, matte"
+TITLE = "MEMatte: cut out anything, at full resolution"
 INTRO = """
-**Memory-efficient image matting** ([MEMatte](https://arxiv.org/abs/2412.10702), AAAI 2025): ViTMatte with a
-router in front of every global-attention block. Upload a photo, click on the object (SAM turns the clicks
-into a mask and a trimap), paint corrections if needed, then compute the alpha matte **at the photo's full
-resolution**. The pictures here are downscaled previews; the downloads are full size.
+Upload a photo, say what to cut out (or click on it), then **Cut out**. The result has soft edges (hair, fur,
+glass) and is computed at the photo's full resolution; the pictures here are small previews, the downloads are
+full size. Your photo and results are deleted when you close this tab.
 """
-CLICK_CHOICES = [("Foreground point", FOREGROUND_POINT), ("Background point", BACKGROUND_POINT),
+CLICK_CHOICES = [("Add to the object", FOREGROUND_POINT), ("Remove from it", BACKGROUND_POINT),
                  ("Box corner (2 clicks)", BOX_CORNER)]  # fmt: skip
 CAP_CHOICES = [("auto (fits the memory budget)", CAP_AUTO), ("fixed k", CAP_FIXED), ("no cap", CAP_NONE)]
 BRUSH_HELP = (
-    "Brushes: **white** = foreground, **grey** = unknown (let the model decide), **black** = background. "
-    "New clicks redraw the trimap and drop the corrections."
+    "Fix the outline if needed: **white** = keep, **black** = remove, **grey** = let the model decide "
+    "(hair, soft edges). New clicks redraw this and drop the painting."
 )
 CSS = """
 #status { min-height: 2.5em; }
 #routing .caption-label { font-size: 0.85em; }
 """
+# After a new photo (an example is picked below the photo) or a new outline: the photo fully on screen.
+SCROLL_TO_PHOTO = "() => document.getElementById('photo')?.scrollIntoView({behavior: 'smooth', block: 'nearest'})"
+SCROLL_TO_RESULTS = "() => document.getElementById('results')?.scrollIntoView({behavior: 'smooth', block: 'start'})"
+
+#: The app's sessions; set by build_demo.
+SESSIONS: Sessions | None = None
+#: Mattes computed at once (--concurrency). Only the GPU call holds a slot: preparing the input and writing the
+#: PNGs happen outside it, so one visitor's PNG writing never holds another visitor's matte.
+MATTE_SLOTS = threading.BoundedSemaphore(1)
+
+
+def _cache_root() -> str:
+    """gradio's cache folder: gradio serves files from it without copying them."""
+    from gradio.utils import get_upload_folder
+
+    return get_upload_folder()
+
+
+def sessions() -> Sessions:
+    if SESSIONS is None:
+        raise RuntimeError("build_demo() creates the sessions")
+    return SESSIONS
 
 
 def readable_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """Report InputError as a gr.Error with its message, and any other failure as one line."""
+    """InputError -> a pop-up with its message and one log line; anything else -> its traceback in the log."""
 
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -75,10 +103,11 @@ def readable_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
         except gr.Error:
             raise
         except MEMatteError as error:
-            raise gr.Error(_sentence(str(error))) from None
+            logger.info("refused %s: %s", handler.__name__, error)
+            raise gr.Error(_sentence(str(error)), print_exception=False) from None
         except Exception as error:  # noqa: BLE001 - the server must keep serving; the trace goes to the log
-            logger.exception("request failed")
-            raise gr.Error(f"Something went wrong: {type(error).__name__}: {error}") from None
+            logger.exception("%s failed", handler.__name__)
+            raise gr.Error(f"Something went wrong: {type(error).__name__}: {error}", print_exception=False) from None
 
     return wrapper
 
@@ -88,25 +117,26 @@ def _sentence(message: str) -> str:
     return message[:1].upper() + message[1:]
 
 
-def _session(state: Session | None) -> Session:
-    return state if isinstance(state, Session) else Session()
+def _session(request: gr.Request | None) -> Session:
+    return sessions().get(getattr(request, "session_hash", None))
 
 
-def _editor_value(session: Session) -> dict[str, Any] | None:
-    view = session.trimap_view()
-    return None if view is None else {"background": view, "layers": [], "composite": None}
+@contextlib.contextmanager
+def _working_on(session: Session) -> Iterator[Session]:
+    """Hold the session's lock for a step; the step's end counts as the session's last action."""
+    with session.lock:
+        try:
+            yield session
+        finally:
+            session.last_active = time.monotonic()
 
 
 # ----------------------------------------------------------------------------------------------------------
-# handlers: each returns the session first, then the values of the event's other outputs
+# reading and checking what the visitor sends
 
 
 def upload_path(value: Any) -> str | None:
-    """The file path of an image input, preprocessed (a str) or not (gradio's FileData, or its dict).
-
-    Uploads are handled with ``preprocess=False``: gradio's own preprocessing opens the file with Pillow and
-    would answer a file that is not an image with a bare error, where :func:`read_photo` explains.
-    """
+    """The file path of an image input, preprocessed (a str) or not (gradio's FileData, or its dict)."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, dict):
@@ -134,209 +164,320 @@ def read_photo(path: str | None, max_pixels: int) -> np.ndarray:
         raise InputError(str(error).replace(str(path), Path(path).name)) from None
 
 
+def _delete_upload(path: str | None) -> None:
+    """Remove an uploaded file from gradio's cache once read: the photo now lives in the session only."""
+    from gradio.utils import is_in_or_equal
+
+    if path and is_in_or_equal(path, _cache_root()):
+        Path(path).unlink(missing_ok=True)
+
+
+def band_width(value: float | None, size: tuple[int, int]) -> int:
+    """The unknown band in pixels: 0 (or empty) means automatic, 1 % of the photo's longer side."""
+    if value is None or value == 0:
+        return default_band_width(*size)
+    if value != value or value < 0 or value > 1000:
+        raise InputError(f"edge width must be 0 (automatic) or 1 to 1000 pixels, got {value:g}")
+    return int(round(value))
+
+
+def cap_setting(mode: str, k: float | None) -> int | str:
+    try:
+        return global_token_cap(mode, k)
+    except InputError as error:
+        raise InputError(f"global-token cap: {error}") from None
+
+
+def _colour(text: str | None) -> tuple[int, int, int]:
+    try:
+        return parse_colour(text or "#ffffff")
+    except InputError as error:
+        raise InputError(f"background colour: {error}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# handlers
+
+
+def _picture(session: Session, name: str, array: np.ndarray | None, kind: str = "webp") -> str | None:
+    """Write a preview into the session's folder and return its path (gradio serves it from there)."""
+    if array is None:
+        return None
+    folder = session.folder or session.new_folder(_cache_root())
+    path = folder / f"{name}-{time.monotonic_ns()}.{kind}"
+    Image.fromarray(array).save(path, lossless=True) if kind == "webp" else Image.fromarray(array).save(path)
+    return str(path)
+
+
+def _editor_value(session: Session) -> dict[str, Any] | None:
+    view = _picture(session, "trimap", session.trimap_view(), "png")
+    return None if view is None else {"background": view, "layers": [], "composite": None}
+
+
+def _no_results() -> tuple:
+    """slider, alpha, composite, routing, stats, 3 downloads."""
+    empty = gr.update(value=None, interactive=False)
+    return None, None, None, None, "", empty, empty, empty
+
+
 @readable_errors
-def on_upload(photo: Any, state: Session | None) -> tuple:
-    """A new photo: keep it at full resolution, show its preview, reset clicks, trimap and results."""
-    forget(state if isinstance(state, Session) else None)
+def on_upload(photo: Any, request: gr.Request) -> tuple:
+    """A new photo: keep it, show its preview, reset prompts and results. A file that is not a usable photo
+    leaves the previous photo and its results as they were, and puts that photo back on screen."""
+    session = _session(request)
     path = upload_path(photo)
-    image = read_photo(path, runtime.settings().max_pixels)
-    session = Session()
-    session.set_image(image, Path(path).name)
-    height, width = image.shape[:2]
-    band = default_band_width(height, width)
-    session.band_width = band
-    status = (
-        f"Photo {width} x {height} px loaded. Click on the object (foreground points), optionally on what is "
-        "not the object (background points) or on two corners of a box around it."
-    )
-    slider = gr.Slider(value=band, maximum=max(40, 4 * band))
-    return (session, session.prompt_view(), None, slider, status, *_empty_results())
+    with _working_on(session):
+        try:
+            image = read_photo(path, runtime.settings().max_pixels)
+        except InputError as error:
+            logger.info("refused upload: %s", error)
+            _delete_upload(path)
+            gr.Warning(_sentence(str(error)))
+            previous = _picture(session, "photo", session.prompt_view())
+            keep = [gr.skip()] * (2 + len(_no_results()))
+            return previous, *keep, f"**Not loaded:** {_sentence(str(error))}"
+        _delete_upload(path)
+        session.delete_folder()
+        session.set_photo(store(), image, Path(path).name)
+        height, width = session.size
+        status = f"Photo {width} x {height} px loaded. Say what to cut out and press **Find**, or click on the object."
+        return _picture(session, "photo", session.prompt_view()), None, "", *_no_results(), status
 
 
-def on_example(path: str) -> tuple:
-    return on_upload(path, None)
-
-
-@readable_errors
-def on_clear(state: Session | None) -> tuple:
-    forget(state if isinstance(state, Session) else None)
-    return (Session(), None, None, gr.Slider(), "Upload a photo to start.", *_empty_results())
-
-
-def _empty_results() -> tuple:
-    """alpha, cutout, composite, routing gallery, stats, downloads."""
-    return None, None, None, None, "", None
+def on_example(path: str, request: gr.Request) -> tuple:
+    return on_upload(path, request)
 
 
 @readable_errors
-def on_select(state: Session | None, kind: str, band_width: float, event: gr.SelectData) -> tuple:
+def on_find(text: str, band: float | None, request: gr.Request) -> tuple:
+    """A text prompt: the text model finds the object, SAM masks it; clicks can refine it afterwards."""
+    session = _session(request)
+    with _working_on(session):
+        _find(session, text, band)
+        return _after_prompt(session)
+
+
+def _find(session: Session, text: str, band: float | None) -> None:
+    """The text prompt's mask and trimap for the session's photo (what the page and /cutout both do)."""
+    key = session.require_photo()
+    if runtime.settings().text_model is None:
+        raise InputError("text prompts are off on this server (started without --text-model): click instead")
+    from mematte_hf.text_prompts import Detections, masks_from_boxes, split_phrases
+
+    phrases = split_phrases(text)
+    found = runtime.find_objects(key, text)
+    if isinstance(found, Detections):
+        mask = np.zeros(session.size, dtype=bool)
+        if len(found):
+            mask = masks_from_boxes(runtime.click_segmenter(), found, _embedding(session)).mask
+        boxes = found.boxes
+    else:
+        packed, detections = found
+        mask, boxes = packed.unpack(), detections.boxes
+    if not mask.any():
+        said = ", ".join(repr(phrase) for phrase in phrases)
+        raise InputError(f"nothing in the photo matches {said}: describe it differently, or click on it")
+    session.clear_prompts()
+    session.text, session.text_boxes, session.text_mask = text, boxes, mask
+    _set_mask(session, mask, None, band)
+
+
+def _embedding(session: Session) -> Any:
+    """The photo's SAM embedding: computed in one GPU call the first time, kept with the session after."""
+    if session.embedding is None:
+        session.embedding = runtime.embed_photo(session.require_photo())
+    return session.embedding
+
+
+def _set_mask(session: Session, mask: np.ndarray, score: float | None, band: float | None) -> None:
+    session.band_width = band_width(band, session.size)
+    session.mask, session.score = mask, score
+    session.trimap = mask_to_trimap(mask, session.band_width)
+
+
+@readable_errors
+def on_select(kind: str, band: float | None, event: gr.SelectData, request: gr.Request) -> tuple:
     """A click on the preview: its coordinates are preview pixels, mapped back to the photo."""
-    session = _session(state)
+    session = _session(request)
     if not isinstance(event.index, (list, tuple)) or len(event.index) != 2:
         raise InputError("click inside the photo")
-    session.add_preview_click(float(event.index[0]), float(event.index[1]), kind)
-    return _after_clicks(session, band_width)
+    with _working_on(session):
+        session.add_preview_click(float(event.index[0]), float(event.index[1]), kind)
+        return _after_clicks(session, band)
 
 
 @readable_errors
-def on_add_click(state: Session | None, x: float | None, y: float | None, kind: str, band_width: float) -> tuple:
+def on_add_click(x: float | None, y: float | None, kind: str, band: float | None, request: gr.Request) -> tuple:
     """A click given by its photo coordinates (the API's way to click, and an accessible alternative)."""
-    session = _session(state)
+    session = _session(request)
     if x is None or y is None:
         raise InputError("give both x and y, in pixels of the full-size photo")
-    session.add_click(float(x), float(y), kind)
-    return _after_clicks(session, band_width)
+    with _working_on(session):
+        session.add_click(float(x), float(y), kind)
+        return _after_clicks(session, band)
 
 
 @readable_errors
-def on_undo(state: Session | None, band_width: float) -> tuple:
-    session = _session(state)
-    session.require_image()
-    session.undo()
-    return _after_clicks(session, band_width)
+def on_undo(band: float | None, request: gr.Request) -> tuple:
+    session = _session(request)
+    with _working_on(session):
+        session.require_photo()
+        session.undo()
+        return _after_clicks(session, band)
 
 
 @readable_errors
-def on_clear_clicks(state: Session | None, band_width: float) -> tuple:
-    session = _session(state)
-    session.require_image()
-    session.clear_clicks()
-    return session, session.prompt_view(), None, "Clicks cleared. Click on the object."
+def on_clear_clicks(band: float | None, request: gr.Request) -> tuple:
+    session = _session(request)
+    with _working_on(session):
+        session.require_photo()
+        session.clear_prompts()
+        return _picture(session, "photo", session.prompt_view()), None, "Cleared. Say what to cut out, or click."
 
 
-def _after_clicks(session: Session, band_width: float) -> tuple:
-    """Run SAM on the current clicks and show the mask and the trimap: (state, photo, editor, status)."""
-    session.band_width = _band(band_width)
+def _after_clicks(session: Session, band: float | None) -> tuple:
+    """SAM on the current clicks (refining the text prompt's best match, if any) from the kept embedding."""
     if not session.has_prompt:
+        if session.text_mask is not None:
+            _set_mask(session, session.text_mask, None, band)
+            return _after_prompt(session)
         session.mask = session.trimap = session.score = None
         hint = "Now click the opposite corner of the box." if session.pending_corner else "Click on the object."
-        return session, session.prompt_view(), None, hint
-    image = session.require_image()
-    mask, trimap, score = runtime.segment(image, session.points, session.labels, session.box, session.band_width)
-    session.mask, session.trimap, session.score = mask, trimap, score
-    return session, session.prompt_view(), _editor_value(session), _mask_status(session)
+        return _picture(session, "photo", session.prompt_view()), None, hint
+    box = session.box
+    others = None
+    if box is None and session.text_boxes is not None and len(session.text_boxes):
+        box = tuple(session.text_boxes[0])  # the clicks refine the best text match; the others stay as found
+        others = session.text_mask
+    # A single click is ambiguous (SAM's authors advise 3 candidates); more prompts pin the object down.
+    multimask = len(session.points) + (2 if box is not None else 0) <= 1
+    prediction = runtime.click_segmenter().predict_mask(
+        session.points or None, session.labels or None, box, multimask=multimask, embedding=_embedding(session)
+    )
+    mask = prediction.mask if others is None else _merge(prediction.mask, others, box)
+    _set_mask(session, mask, prediction.score, band)
+    return _after_prompt(session)
+
+
+def _merge(refined: np.ndarray, text_mask: np.ndarray, box: tuple[float, ...]) -> np.ndarray:
+    """The text mask with the refined mask in place of what it had inside the best match's box."""
+    x0, y0, x1, y1 = (int(np.floor(box[0])), int(np.floor(box[1])), int(np.ceil(box[2])), int(np.ceil(box[3])))
+    merged = text_mask.copy()
+    merged[y0:y1, x0:x1] = False
+    return merged | refined
+
+
+def _after_prompt(session: Session) -> tuple:
+    return _picture(session, "photo", session.prompt_view()), _editor_value(session), _mask_status(session)
 
 
 def _mask_status(session: Session) -> str:
     background, unknown, foreground = render.known_fraction(session.trimap)
-    clicks = len(session.points) + (1 if session.box is not None else 0)
-    prompt = f"{clicks} prompt{'s' if clicks != 1 else ''}"
     if unknown == 0:
         return (
-            f"The mask from {prompt} covers {'nothing' if foreground == 0 else 'the whole photo'}: add a "
-            "foreground or background click, or paint grey where the edge is."
+            f"The outline covers {'nothing' if foreground == 0 else 'the whole photo'}: click on the object (or "
+            "on what is not the object), or paint grey where the edge is."
         )
-    text = (
-        f"Mask from {prompt} (SAM's predicted IoU {session.score:.2f}). Trimap: {foreground:.1%} foreground, "
-        f"{unknown:.1%} unknown (band {session.band_width} px), {background:.1%} background."
-    )
+    source = f'"{session.text}"' if session.text else "your clicks"
+    if session.text and session.has_prompt:
+        source += " and your clicks"
+    text = f"Outline from {source}. Check it on the right, fix it if needed, then press **Cut out**."
     if session.pending_corner:
         text += " Click the opposite corner to finish the box."
-    return text + " Paint corrections on the trimap, or compute the matte."
-
-
-def _band(value: float | None) -> int:
-    if value is None or value != value or value < 1:
-        raise InputError("the unknown band must be at least 1 pixel wide")
-    return int(round(value))
+    return text
 
 
 @readable_errors
-def on_band_width(state: Session | None, band_width: float) -> tuple:
-    """A new band width redraws the trimap from the same mask (no SAM run)."""
-    session = _session(state)
-    if not _refresh_band(session, band_width) and session.mask is None:
-        return session, None, f"Unknown band set to {session.band_width} px."
-    return session, _editor_value(session), _mask_status(session)
-
-
-def _refresh_band(session: Session, band_width: float) -> bool:
-    """Use this band width; redraw the trimap from the mask if it changed. Returns whether it was redrawn.
-
-    The run takes the slider's value too: a width typed into the slider's box fires no release event.
-    """
-    from mematte_hf.trimap import mask_to_trimap
-
-    band = _band(band_width)
-    changed = band != session.band_width
-    session.band_width = band
-    if changed and session.mask is not None:
-        session.trimap = mask_to_trimap(session.mask, band)
-        return True
-    return False
+def on_band_width(band: float | None, request: gr.Request) -> tuple:
+    """A new edge width redraws the trimap from the same mask (no model run)."""
+    session = _session(request)
+    with _working_on(session):
+        session.require_photo()
+        if session.mask is None:
+            return None, f"Edge width set to {band_width(band, session.size)} px."
+        _set_mask(session, session.mask, session.score, band)
+        return _editor_value(session), _mask_status(session)
 
 
 @readable_errors
 def on_run(
-    state: Session | None,
     editor: dict[str, Any] | None,
-    band_width: float,
+    band: float | None,
     cap_mode: str,
     cap_k: float | None,
     colour: str | None,
+    request: gr.Request,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio's documented way to get a progress bar
 ) -> tuple:
     """The matte at full resolution, its previews, the routing overlays, the numbers and the downloads."""
-    session = _session(state)
-    settings = runtime.settings()
-    image = session.require_image()
-    _refresh_band(session, band_width)
-    trimap, changed = apply_corrections(session.require_trimap(), (editor or {}).get("layers") or [])
-    cap = global_token_cap(cap_mode, cap_k)
+    session = _session(request)
+    backdrop = _colour(colour)  # checked before any model work
+    cap = cap_setting(cap_mode, cap_k)
+    with _working_on(session):
+        photo_key = session.require_photo()
+        if session.mask is not None and band_width(band, session.size) != session.band_width:
+            _set_mask(session, session.mask, session.score, band)  # a width typed in fires no release event
+        trimap, changed = apply_corrections(session.require_trimap(), (editor or {}).get("layers") or [])
+        trimap_key = store().put(session.id, "trimap", trimap)
+        session_id, name, scale, preview = session.id, session.name, session.scale, session.preview
     progress(0.1, desc="Computing the matte at full resolution")
     started = time.perf_counter()
-    result = runtime.matte(image, trimap, cap)
+    result = _matte(session_id, photo_key, trimap_key, trimap, cap)  # no session lock held meanwhile
+    seconds = time.perf_counter() - started
     progress(0.8, desc="Writing the downloads")
-    rgba = result.rgba()
-    forget(session)  # this session's previous downloads: the new files replace them
-    folder, files = write_downloads(_cache_root(), session.name, result.alpha, rgba, settings.keep_seconds)
-    session.download_dirs.append(folder)
-    scale = session.scale
-    foreground = render.downscale(np.rint(result.foreground() * 255).astype(np.uint8), scale)
-    session.cutout_preview = (foreground, render.downscale(np.rint(result.alpha * 255).astype(np.uint8), scale))
-    status = _run_status(result, time.perf_counter() - started)
+    rgba = result.rgba()  # PNG writing and previews: CPU work, outside the GPU call and any shared lock
+    alpha = result.alpha_float
+    with _working_on(session):
+        if session.photo_key != photo_key:
+            raise InputError("a new photo was loaded while this one was being matted: press Cut out again")
+        folder = session.new_folder(_cache_root())
+        files = write_downloads(folder, name, alpha, rgba)
+        small_rgba = render.downscale(rgba, scale)
+        session.cutout_preview = (small_rgba[..., :3].copy(), small_rgba[..., 3].copy())
+        before = _picture(session, "before", preview)
+        after = _picture(session, "after", render.cutout_picture(rgba, scale))
+        alpha_view = _picture(session, "alpha", render.alpha_picture(alpha, scale), "png")
+        composite = _picture(session, "composite", _composite_view(session, backdrop, None))
+        gallery = _routing_gallery(session, result)
     if not result.model_ran:
-        gr.Warning(result.message)
-    return (
-        session,
-        render.alpha_picture(result.alpha, scale),
-        render.cutout_picture(rgba, scale),
-        _composite(session, colour, None),  # over a picture: the event's next step, on_composite
-        _routing_gallery(session, result),
-        _stats(result, trimap, changed),
-        [str(file) for file in files],
-        status,
-    )
+        gr.Warning(_sentence(result.message))
+    status = _run_status(result, alpha.shape, seconds)
+    downloads = [gr.update(value=str(file), interactive=True) for file in files]
+    return (before, after), alpha_view, composite, gallery, _stats(result, trimap, changed), *downloads, status
 
 
-def _cache_root() -> str:
-    """gradio's cache folder: gradio serves files from it and `delete_cache` clears it."""
-    from gradio.utils import get_upload_folder
+def _matte(session_id: str, photo_key: str, trimap_key: str, trimap: np.ndarray, cap: int | str) -> Any:
+    """Prepare on the CPU, matte in the GPU call, and drop the stored inputs of this matte afterwards."""
+    pixel_values_key = runtime.prepare_matte(session_id, photo_key, trimap)
+    try:
+        with MATTE_SLOTS:
+            return runtime.matte(photo_key, trimap_key, pixel_values_key, cap)
+    finally:
+        for key in (trimap_key, pixel_values_key):
+            if key is not None:
+                store().remove(key)
 
-    return get_upload_folder()
 
-
-def _run_status(result: Any, seconds: float) -> str:
-    height, width = result.alpha.shape
+def _run_status(result: Any, shape: tuple[int, int], seconds: float) -> str:
+    height, width = shape
     if not result.model_ran:
         return f"No matte computed: {result.message}."
-    return f"Matte of {width} x {height} px computed in {seconds:.1f} s. Download the full-resolution files below."
+    return f"Cut out {width} x {height} px in {seconds:.1f} s. Download the full-size files below."
 
 
-def _routing_gallery(session: Session, result: Any) -> list[tuple[np.ndarray, str]] | None:
+def _routing_gallery(session: Session, result: Any) -> list[tuple[str, str]] | None:
     if not result.routing_masks:
         return None
     pictures = render.routing_pictures(session.preview, session.scale, result.routing_masks)
-    fractions = result.routed_fraction
     return [
-        (picture, f"router {index + 1}: {fraction:.1%} global")
-        for index, (picture, fraction) in enumerate(zip(pictures, fractions, strict=True))
+        (_picture(session, f"router{index}", picture), f"router {index + 1}: {fraction:.1%} global")
+        for index, (picture, fraction) in enumerate(zip(pictures, result.routed_fraction, strict=True))
     ]
 
 
 def _stats(result: Any, trimap: np.ndarray, changed: int) -> str:
     """The measured numbers, as a small Markdown table."""
-    height, width = result.alpha.shape
+    height, width = trimap.shape
     background, unknown, foreground = render.known_fraction(trimap)
     rows = [
         ("photo", f"{width} x {height} px ({width * height / 1e6:.2f} MP), matted at full resolution"),
@@ -370,20 +511,98 @@ def _cap_text(result: Any) -> str:
 
 
 @readable_errors
-def on_composite(state: Session | None, colour: str | None, background: Any) -> np.ndarray | None:
+def on_composite(colour: str | None, background: Any, request: gr.Request) -> str | None:
     """Redraw the composite preview over a new colour or picture (no model run)."""
-    return _composite(_session(state), colour, upload_path(background))
+    session = _session(request)
+    backdrop = _colour(colour)
+    with _working_on(session):
+        if session.cutout_preview is None:
+            return None
+        picture = upload_path(background)
+        return _picture(session, "composite", _composite_view(session, backdrop, picture))
 
 
-def _composite(session: Session, colour: str | None, background: str | None) -> np.ndarray | None:
+def _composite_view(session: Session, colour: tuple[int, int, int], background: str | None) -> np.ndarray | None:
     if session.cutout_preview is None:
         return None
     foreground, alpha = session.cutout_preview
+    backdrop: Any = colour
     if background:
-        backdrop: Any = read_photo(background, runtime.settings().max_pixels)
-    else:
-        backdrop = parse_colour(colour or "#ffffff")
-    return render.composite_picture(foreground, alpha, backdrop)
+        backdrop = read_photo(background, runtime.settings().max_pixels)
+        _delete_upload(background)
+    return render.composite_picture(foreground, alpha.astype(np.float32) / 255.0, backdrop)
+
+
+def on_unload(request: gr.Request) -> None:
+    """The tab closed: end its session now (its photo, trimap, previews and downloads are deleted)."""
+    sessions().end(getattr(request, "session_hash", None))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the stateless endpoint: an image and prompts in, the alpha and the cutout out
+
+
+@readable_errors
+def cutout(image: Any, text: str = "", points: str = "", box: str = "") -> tuple[str, str]:
+    """Cut an object out of a photo at full resolution, from a text prompt, points or a box.
+
+    Args:
+        image: the photo (PNG, JPEG, WebP, ...).
+        text: what to cut out, e.g. "the dog" (needs a server started with a text model); may be empty.
+        points: JSON list of clicks in photo pixels, [[x, y], ...] on the object or [[x, y, 0], ...] off it.
+        box: "x0, y0, x1, y1" around the object, in photo pixels; may be empty.
+
+    Returns:
+        The 16-bit alpha matte PNG and the RGBA cutout PNG, both at the photo's full size.
+    """
+    path = upload_path(image)
+    photo = read_photo(path, runtime.settings().max_pixels)
+    _delete_upload(path)
+    session = Session()  # a session of its own, for this call only
+    try:
+        session.set_photo(store(), photo, Path(path or "photo").name)
+        clicks, corners = _parse_points(points, session.size), _parse_box(box)
+        if (text or "").strip():
+            _find(session, text, 0)  # the same steps as the page
+        for x, y, kind in clicks:
+            session.add_click(x, y, kind)
+        for corner in corners:
+            session.add_click(*corner, BOX_CORNER)
+        if session.has_prompt:
+            _after_clicks(session, 0)
+        if session.trimap is None:
+            raise InputError("give a text prompt, points or a box: nothing says what to cut out")
+        trimap_key = store().put(session.id, "trimap", session.trimap)
+        result = _matte(session.id, session.photo_key, trimap_key, session.trimap, CAP_AUTO)
+        folder = Path(_cache_root()) / f"{DOWNLOAD_PREFIX}{session.id}"
+        folder.mkdir(parents=True, exist_ok=True)
+        _, alpha16, rgba = write_downloads(folder, session.name, result.alpha_float, result.rgba())
+        return str(alpha16), str(rgba)
+    finally:
+        store().drop_session(session.id)
+        session.delete_folder()  # the page's steps drew previews; only the two returned files are kept
+
+
+def _parse_points(text: str, size: tuple[int, int]) -> list[tuple[float, float, str]]:
+    if not (text or "").strip():
+        return []
+    try:
+        values = json.loads(text)
+        clicks = [(float(p[0]), float(p[1]), BACKGROUND_POINT if len(p) > 2 and not p[2] else FOREGROUND_POINT)
+                  for p in values]  # fmt: skip
+    except (ValueError, TypeError, IndexError, KeyError):
+        raise InputError(f"points must be JSON like [[x, y], [x, y, 0]] (0 = not the object), got {text!r}") from None
+    return clicks
+
+
+def _parse_box(text: str) -> list[tuple[float, float]]:
+    if not (text or "").strip():
+        return []
+    try:
+        x0, y0, x1, y1 = (float(value) for value in text.replace(",", " ").split())
+    except ValueError:
+        raise InputError(f'box must be four numbers "x0, y0, x1, y1" in photo pixels, got {text!r}') from None
+    return [(x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1))]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -394,8 +613,9 @@ def _composite(session: Session, colour: str | None, background: str | None) -> 
 class Page:
     """The components the events connect (layout-only components are not kept)."""
 
-    state: gr.State
     photo: gr.Image
+    text: gr.Textbox
+    find: gr.Button
     kind: gr.Radio
     undo: gr.Button
     clear_clicks: gr.Button
@@ -403,84 +623,119 @@ class Page:
     y: gr.Number
     add: gr.Button
     editor: gr.ImageEditor
-    band: gr.Slider
-    cap_mode: gr.Radio
-    cap_k: gr.Number
     run: gr.Button
     status: gr.Markdown
+    slider: gr.ImageSlider
     alpha: gr.Image
-    cutout: gr.Image
     composite: gr.Image
     colour: gr.ColorPicker
     background: gr.Image
+    band: gr.Number
+    cap_mode: gr.Radio
+    cap_k: gr.Number
     routing: gr.Gallery
     stats: gr.Markdown
-    files: gr.File
+    download_alpha: gr.DownloadButton
+    download_alpha16: gr.DownloadButton
+    download_rgba: gr.DownloadButton
 
     @property
     def results(self) -> list[gr.components.Component]:
-        return [self.alpha, self.cutout, self.composite, self.routing, self.stats, self.files]
+        return [self.slider, self.alpha, self.composite, self.routing, self.stats, self.download_alpha,
+                self.download_alpha16, self.download_rgba]  # fmt: skip
 
     @property
     def after_upload(self) -> list[gr.components.Component]:
-        return [self.state, self.photo, self.editor, self.band, self.status, *self.results]
+        return [self.photo, self.editor, self.text, *self.results, self.status]
 
 
 def build_demo(settings: Settings) -> gr.Blocks:
-    """The Blocks app (models are loaded separately, by runtime.load_models)."""
+    """The Blocks app (models are loaded separately, by runtime.load_models); starts the session sweeper."""
+    global SESSIONS, MATTE_SLOTS
+    SESSIONS = Sessions(store(), settings.keep_seconds, settings.max_sessions, _cache_root)
+    MATTE_SLOTS = threading.BoundedSemaphore(settings.concurrency)
+    _start_sweeper(SESSIONS, settings.keep_seconds)
     keep = settings.keep_seconds
-    with gr.Blocks(title=TITLE, delete_cache=(min(600, keep), keep)) as demo:
-        state = gr.State(None, time_to_live=keep, delete_callback=forget)
+    with gr.Blocks(title=TITLE, delete_cache=(max(1, min(60, keep // 4)), keep)) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=3) as left:
-                clicks = _photo_column()
-            with gr.Column(scale=2):
-                trimap = _trimap_column()
-        page = Page(state=state, **clicks, **trimap, **_results_area())
-        with left:  # created last, in the photo's column, because clicking an example fills every output
-            gr.Examples(
-                examples=[[str(path)] for path in example_paths()],
-                inputs=[page.photo],
-                outputs=page.after_upload,
-                fn=on_example,
-                run_on_click=True,
-                cache_examples=False,
-                label="Examples (synthetic photos drawn by space/make_examples.py)",
-                elem_id="examples",
-                api_visibility="private",
-            )
+        with gr.Tab("Photo"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=3) as left:
+                    prompts = _prompt_column(settings)
+                with gr.Column(scale=2):
+                    outline = _outline_column()
+            page = Page(**prompts, **outline, **_results_area())
+            with left:  # created last, in the photo's column, because clicking an example fills every output
+                gr.Examples(
+                    examples=[[str(path)] for path in example_paths()],
+                    inputs=[page.photo],
+                    outputs=page.after_upload,
+                    fn=on_example,
+                    run_on_click=True,
+                    cache_examples=False,
+                    label="Examples (synthetic photos)",
+                    elem_id="examples",
+                    api_visibility="private",
+                )
         _connect(page, settings)
+        with gr.Tab("Video"):
+            build_video_tab(settings, runtime)
+        demo.unload(on_unload)
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=64)
     return demo
 
 
-def _photo_column() -> dict[str, Any]:
+def _start_sweeper(registry: Sessions, keep_seconds: int) -> None:
+    """End idle sessions and delete old downloads every few seconds, in a daemon thread."""
+    interval = max(0.5, min(30.0, keep_seconds / 4))
+
+    def sweep_forever() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                registry.sweep()
+            except Exception:  # noqa: BLE001 - a failed sweep must not stop the next one
+                logger.exception("session sweep failed")
+
+    threading.Thread(target=sweep_forever, name="session-sweeper", daemon=True).start()
+
+
+def _prompt_column(settings: Settings) -> dict[str, Any]:
     photo = gr.Image(
-        label="1 · Photo: upload, then click on the object",
+        label="1 · Your photo (click on the object to select it)",
         type="filepath",
         image_mode=None,
         sources=["upload", "clipboard"],
         format="webp",
-        height=520,
+        height=400,
         buttons=["fullscreen"],
         elem_id="photo",
     )
-    kind = gr.Radio(CLICK_CHOICES, value=FOREGROUND_POINT, label="Click type", elem_id="click-kind")
+    with gr.Row(equal_height=True):
+        text = gr.Textbox(
+            label="2 · What to cut out",
+            placeholder="e.g. the dog, the glass, hair" if settings.text_model else "text prompts are off here",
+            interactive=settings.text_model is not None,
+            scale=4,
+            elem_id="text",
+        )
+        find = gr.Button("Find", scale=1, elem_id="find", interactive=settings.text_model is not None)
+    kind = gr.Radio(CLICK_CHOICES, value=FOREGROUND_POINT, label="A click will", elem_id="click-kind")
     with gr.Row():
         undo = gr.Button("Undo last click", size="sm")
-        clear_clicks = gr.Button("Clear clicks", size="sm")
+        clear_clicks = gr.Button("Start over", size="sm")
     with gr.Accordion("Click by coordinates (full-size photo pixels)", open=False):
         with gr.Row():
-            x = gr.Number(label="x (column)", precision=0, minimum=0)
-            y = gr.Number(label="y (row)", precision=0, minimum=0)
+            x = gr.Number(label="x (column)", precision=0)
+            y = gr.Number(label="y (row)", precision=0)
         add = gr.Button("Add click", size="sm")
-    return {"photo": photo, "kind": kind, "undo": undo, "clear_clicks": clear_clicks, "x": x, "y": y, "add": add}
+    return {"photo": photo, "text": text, "find": find, "kind": kind, "undo": undo, "clear_clicks": clear_clicks,
+            "x": x, "y": y, "add": add}  # fmt: skip
 
 
-def _trimap_column() -> dict[str, Any]:
+def _outline_column() -> dict[str, Any]:
     editor = gr.ImageEditor(
-        label="2 · Trimap: paint corrections",
+        label="3 · The outline: fix it with the brush if needed",
         type="numpy",
         image_mode="RGBA",
         sources=(),
@@ -488,80 +743,100 @@ def _trimap_column() -> dict[str, Any]:
         layers=False,
         brush=gr.Brush(colors=list(BRUSH_COLOURS.values()), color_mode="fixed"),
         format="png",
-        height=420,
+        height=360,
         buttons=["fullscreen"],
         elem_id="trimap",
     )
     gr.Markdown(BRUSH_HELP)
-    band = gr.Slider(1, 100, value=10, step=1, label="Unknown band width (px on each side of the edge)")
-    with gr.Row():
-        cap_mode = gr.Radio(CAP_CHOICES, value=CAP_AUTO, label="Global-token cap k", scale=3)
-        cap_k = gr.Number(value=18500, precision=0, minimum=1, label="k (when fixed)", scale=1)
-    run = gr.Button("3 · Compute the matte", variant="primary", elem_id="run")
-    return {"editor": editor, "band": band, "cap_mode": cap_mode, "cap_k": cap_k, "run": run}
+    run = gr.Button("4 · Cut out", variant="primary", elem_id="run")
+    return {"editor": editor, "run": run}
 
 
 def _results_area() -> dict[str, Any]:
-    status = gr.Markdown("Upload a photo to start.", label="status", elem_id="status")
-    with gr.Row():
-        previews = {
-            name: gr.Image(label=label, format=kind, interactive=False, elem_id=name, buttons=["fullscreen"])
-            for name, label, kind in (
-                ("alpha", "Alpha matte (preview)", "png"),
-                ("cutout", "Cutout (preview)", "png"),
-                ("composite", "Composite (preview)", "webp"),
-            )
-        }
-    with gr.Row():
-        colour = gr.ColorPicker(value="#2e8b57", label="Composite over this colour")
-        background = gr.Image(
-            label="... or over this picture", type="filepath", image_mode=None, sources=["upload"], height=160
-        )
-    with gr.Row(equal_height=False):
-        routing = gr.Gallery(
-            label="Tokens each router sent to global attention (orange)",
-            columns=2,
-            height="auto",
-            object_fit="contain",
-            elem_id="routing",
-        )
-        with gr.Column():
-            stats = gr.Markdown(label="measurements", elem_id="stats")
-            files = gr.File(label="Downloads (full resolution PNG)", file_count="multiple", elem_id="downloads")
-    return {"status": status, **previews, "colour": colour, "background": background, "routing": routing,
-            "stats": stats, "files": files}  # fmt: skip
+    status = gr.Markdown("Upload a photo to start.", elem_id="status")
+    with gr.Column(elem_id="results"):
+        with gr.Row():
+            slider = gr.ImageSlider(label="Before / after (drag)", type="filepath", interactive=False,
+                                    elem_id="before-after", max_height=420)  # fmt: skip
+            composite = gr.Image(label="On a new background", type="filepath", interactive=False,
+                                 elem_id="composite", height=420)  # fmt: skip
+        with gr.Row():
+            download_rgba = gr.DownloadButton("Download the cutout (PNG)", interactive=False, elem_id="download-rgba",
+                                              variant="primary")  # fmt: skip
+            download_alpha = gr.DownloadButton("Download the matte (8-bit PNG)", interactive=False,
+                                               elem_id="download-alpha")  # fmt: skip
+            download_alpha16 = gr.DownloadButton("Download the matte (16-bit PNG)", interactive=False,
+                                                 elem_id="download-alpha16")  # fmt: skip
+        with gr.Row():
+            colour = gr.ColorPicker(value="#2e8b57", label="Background colour")
+            background = gr.Image(label="... or a background picture", type="filepath", image_mode=None,
+                                  sources=["upload"], height=140)  # fmt: skip
+    with gr.Accordion("Advanced: edge width, memory cap, what the model did", open=False, elem_id="advanced"):
+        band = gr.Number(value=0, precision=0, label="Edge width in px (0 = automatic, 1 % of the photo's longer side)",
+                         elem_id="band")  # fmt: skip
+        with gr.Row():
+            cap_mode = gr.Radio(CAP_CHOICES, value=CAP_AUTO, label="Global-token cap k", scale=3)
+            cap_k = gr.Number(value=18500, precision=0, label="k (when fixed)", scale=1)
+        alpha = gr.Image(label="Alpha matte (preview)", type="filepath", interactive=False, elem_id="alpha")
+        routing = gr.Gallery(label="Tokens each router sent to global attention (orange)", columns=2, height="auto",
+                             object_fit="contain", elem_id="routing")  # fmt: skip
+        stats = gr.Markdown(elem_id="stats")
+    return {"status": status, "slider": slider, "alpha": alpha, "composite": composite, "colour": colour,
+            "background": background, "band": band, "cap_mode": cap_mode, "cap_k": cap_k, "routing": routing,
+            "stats": stats, "download_alpha": download_alpha, "download_alpha16": download_alpha16,
+            "download_rgba": download_rgba}  # fmt: skip
 
 
 def _connect(page: Page, settings: Settings) -> None:
-    """The events. Clicks share one concurrency group, mattes another with the configured limit."""
-    light = {"concurrency_id": "clicks", "concurrency_limit": max(2, settings.concurrency)}
-    after_click = [page.state, page.photo, page.editor, page.status]
+    """The events. Clicks share one concurrency group, mattes another with the configured limit.
+
+    With ``--mcp`` only the stateless /cutout endpoint is documented (and so becomes the MCP tool); the page's
+    step-by-step endpoints stay callable by gradio_client.
+    """
+    visible = "undocumented" if settings.mcp else "public"
+    # A run's own CPU work (preparing, PNGs, previews) may overlap other runs; MATTE_SLOTS bounds the GPU calls.
+    mattes = {"concurrency_id": "mattes", "concurrency_limit": settings.concurrency + 2}
+    light = {"concurrency_id": "clicks", "concurrency_limit": max(2, settings.concurrency), "api_visibility": visible}
+    after_prompt = [page.photo, page.editor, page.status]
     # preprocess=False: see upload_path (a file that is not an image gets read_photo's message)
-    page.photo.upload(on_upload, [page.photo, page.state], page.after_upload, api_name="upload", preprocess=False,
-                      **light)  # fmt: skip
-    page.photo.clear(on_clear, [page.state], page.after_upload, api_visibility="private")
-    page.photo.select(on_select, [page.state, page.kind, page.band], after_click, api_visibility="private", **light)
-    click_inputs = [page.state, page.x, page.y, page.kind, page.band]
-    page.add.click(on_add_click, click_inputs, after_click, api_name="add_click", **light)
-    page.undo.click(on_undo, [page.state, page.band], after_click, api_name="undo", **light)
-    page.clear_clicks.click(on_clear_clicks, [page.state, page.band], after_click, api_name="clear_clicks", **light)
-    band_outputs = [page.state, page.editor, page.status]
-    page.band.release(on_band_width, [page.state, page.band], band_outputs, api_name="set_band_width", **light)
-    composite_inputs = [page.state, page.colour, page.background]
+    page.photo.upload(on_upload, [page.photo], page.after_upload, api_name="upload", preprocess=False, **light)
+    page.photo.change(None, js=SCROLL_TO_PHOTO)
+    page.photo.select(on_select, [page.kind, page.band], after_prompt, **{**light, "api_visibility": "private"})
+    gr.on([page.find.click, page.text.submit], on_find, [page.text, page.band], after_prompt, api_name="find",
+          **light)  # fmt: skip
+    page.add.click(on_add_click, [page.x, page.y, page.kind, page.band], after_prompt, api_name="add_click", **light)
+    page.undo.click(on_undo, [page.band], after_prompt, api_name="undo", **light)
+    page.clear_clicks.click(on_clear_clicks, [page.band], after_prompt, api_name="clear_clicks", **light)
+    page.band.submit(on_band_width, [page.band], [page.editor, page.status], api_name="set_band_width", **light)
     page.run.click(
         on_run,
-        [page.state, page.editor, page.band, page.cap_mode, page.cap_k, page.colour],
-        [page.state, *page.results, page.status],
+        [page.editor, page.band, page.cap_mode, page.cap_k, page.colour],
+        [*page.results, page.status],
         api_name="run",
-        concurrency_id="matte",
-        concurrency_limit=settings.concurrency,
-    ).success(on_composite, composite_inputs, [page.composite], preprocess=False, api_visibility="private", **light)
+        **mattes,
+        api_visibility=visible,
+    ).then(None, js=SCROLL_TO_RESULTS)
     gr.on(
         [page.colour.change, page.background.upload, page.background.clear],
         on_composite,
-        composite_inputs,
+        [page.colour, page.background],
         [page.composite],
         api_name="composite",
         preprocess=False,
         **light,
     )
+    _stateless_endpoint(mattes)
+
+
+def _stateless_endpoint(mattes: dict[str, Any]) -> None:
+    """/cutout: hidden components give the endpoint its inputs and outputs; the page never shows them."""
+    with gr.Row(visible=False):
+        image = gr.Image(type="filepath", label="photo")
+        text = gr.Textbox(label="text")
+        points = gr.Textbox(label="points")
+        box = gr.Textbox(label="box")
+        alpha_file = gr.File(label="alpha (16-bit PNG)")
+        rgba_file = gr.File(label="cutout (RGBA PNG)")
+        trigger = gr.Button("cut out")
+    trigger.click(cutout, [image, text, points, box], [alpha_file, rgba_file], api_name="cutout", preprocess=False,
+                  **mattes)  # fmt: skip

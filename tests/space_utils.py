@@ -63,34 +63,45 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class AppUrl(str):
+    """The URL of a running app, with the process id (to read its memory) and its folders on disk."""
+
+    pid: int
+    cache: Path  # gradio's cache folder (previews, downloads, uploads)
+    temp: Path  # the app's temporary folder (the session store lives in it)
+
+
 def app_env(tmp: Path) -> dict[str, str]:
-    """Offline, no telemetry, gradio's cache in the test's own folder, one torch thread (tiny models)."""
+    """Offline, no telemetry, gradio's cache and temporary files in the test's own folders, one torch thread."""
     env = dict(os.environ)
+    (tmp / "temp").mkdir(parents=True, exist_ok=True)
     env.update(
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         HF_HUB_DISABLE_TELEMETRY="1",
         GRADIO_ANALYTICS_ENABLED="False",
         GRADIO_TEMP_DIR=str(tmp / "gradio"),
+        TMPDIR=str(tmp / "temp"),
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
     )
-    env.pop("MEMATTE_MODEL", None)
-    env.pop("MEMATTE_SAM_MODEL", None)
+    for variable in ("MEMATTE_MODEL", "MEMATTE_SAM_MODEL", "MEMATTE_TEXT_MODEL", "MEMATTE_TEXT_THRESHOLD"):
+        env.pop(variable, None)
     env.pop("SPACES_ZERO_GPU", None)
     return env
 
 
 @contextlib.contextmanager
-def running_app(tmp: Path, model: Path, sam: Path, *extra: str) -> Iterator[str]:
-    """Run `python app.py` on a free port until the block ends; yields its URL."""
+def running_app(tmp: Path, model: Path, sam: Path, *extra: str) -> Iterator[AppUrl]:
+    """Run `python app.py` on a free port until the block ends; yields its URL (with its pid and folders)."""
     port = free_port()
     log_path = tmp / f"app-{port}.log"
     command = [sys.executable, str(APP), "--model", str(model), "--sam-model", str(sam)]
     command += ["--host", "127.0.0.1", "--port", str(port), *extra]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=app_env(tmp), stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    url = AppUrl(f"http://127.0.0.1:{port}/")
+    url.pid, url.cache, url.temp = process.pid, tmp / "gradio", tmp / "temp"
     try:
         _wait_until_serving(url, process, log_path)
         yield url
@@ -101,6 +112,28 @@ def running_app(tmp: Path, model: Path, sam: Path, *extra: str) -> Iterator[str]
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def open_tab(url: str, session_hash: str) -> Iterator[None]:
+    """Hold a session's heartbeat open, as a browser tab does; leaving the block closes the tab (gradio then
+    runs the app's unload event for that session)."""
+    import httpx
+
+    with httpx.Client(timeout=30) as client:
+        with client.stream("GET", f"{url}gradio_api/heartbeat/{session_hash}") as response:
+            next(response.iter_lines())  # the server has registered the tab
+            yield
+
+
+def files_under(*folders: Path) -> set[Path]:
+    return {path for folder in folders if folder.exists() for path in folder.rglob("*") if path.is_file()}
+
+
+def resident_memory(pid: int) -> int:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss
 
 
 def _wait_until_serving(url: str, process: subprocess.Popen, log_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
+import torch.nn.functional as nnf
 
 from mematte_hf.errors import InputError
 from mematte_hf.foreground import (
@@ -127,6 +129,83 @@ def test_converges_to_the_exact_minimiser_of_the_energy() -> None:
     assert np.abs(few_sweeps - exact_f).max() > 1e-2
 
 
+def _reference_solve(
+    image: np.ndarray, alpha: np.ndarray, regularization: float, gradient_weight: float, coarse: int, fine: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The multi-level Jacobi solve as the landed implementation (c43c317) does it, written plainly: float32,
+    the same operations in the same order, a replicate-padded copy of the solution made for every sweep."""
+    rgb = torch.from_numpy(image).permute(2, 0, 1)
+    matte = torch.from_numpy(alpha)
+    levels = [torch.cat([rgb, matte[None]])]
+    while max(levels[-1].shape[1:]) > 1:
+        height, width = levels[-1].shape[1:]
+        size = (math.ceil(height / 2), math.ceil(width / 2))
+        levels.append(nnf.adaptive_avg_pool2d(levels[-1][None], size)[0])
+    weights = torch.stack([matte, 1 - matte])  # start: alpha- and (1 - alpha)-weighted mean colours
+    totals = weights.sum(dim=(1, 2))[:, None]
+    means = torch.einsum("khw,chw->kc", weights, rgb) / totals.clamp_min(1e-12)
+    solution = torch.where(totals > 0, means, rgb.mean(dim=(1, 2))).reshape(6, 1, 1)
+    for level in levels[::-1]:
+        colour, a = level[:3], level[3]
+        height, width = a.shape
+        solution = nnf.interpolate(solution[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        grid = nnf.pad(a[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
+        sides = [grid[1:-1, :-2], grid[1:-1, 2:], grid[:-2, 1:-1], grid[2:, 1:-1]]  # left, right, up, down
+        w = [(a - side).abs() * gradient_weight + regularization for side in sides]
+        total = w[0] + w[1] + w[2] + w[3]
+        b = 1 - a
+        a00, a01, a11 = a * a + total, a * b, b * b + total
+        det = (a11 + a00 - total) * total  # = a00 a11 - a01^2, without the cancellation
+        data_f, data_b = colour * a, colour - colour * a
+        for _ in range(coarse if max(height, width) <= 32 else fine):
+            padded = nnf.pad(solution[None], (1, 1, 1, 1), mode="replicate")[0]
+            shifted = [padded[:, 1:-1, :-2], padded[:, 1:-1, 2:], padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]]
+            rhs = torch.cat([data_f, data_b])
+            for weight, neighbour in zip(w, shifted, strict=True):
+                rhs = rhs + weight * neighbour
+            rhs_f, rhs_b = rhs[:3], rhs[3:]
+            new_f = rhs_f * (a11 / det) - rhs_b * (a01 / det)
+            new_b = rhs_b * (a00 / det) - rhs_f * (a01 / det)
+            solution = torch.cat([new_f, new_b]).clamp(0, 1)
+    foreground = torch.where(matte == 1, rgb, solution[:3])
+    background = torch.where(matte == 0, rgb, solution[3:])
+    return foreground.permute(1, 2, 0).numpy(), background.permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (1, 7), (6, 1), (2, 3), (17, 16), (37, 53), (96, 96)])
+def test_equals_the_plain_multi_level_solve(height: int, width: int) -> None:
+    image, alpha, _, _ = _synthetic(height, width)
+    expected = _reference_solve(image, alpha, 1e-5, 1.0, coarse=10, fine=2)
+    estimated = estimate_foreground_background(image, alpha, device="cpu")
+    for result, reference in zip(estimated, expected, strict=True):
+        np.testing.assert_allclose(result, reference, rtol=0, atol=1e-5)
+    options = {"regularization": 0.01, "gradient_weight": 0.5, "coarse_iterations": 4, "fine_iterations": 7}
+    expected = _reference_solve(image, alpha, 0.01, 0.5, coarse=4, fine=7)
+    estimated = estimate_foreground_background(image, alpha, device="cpu", **options)
+    for result, reference in zip(estimated, expected, strict=True):
+        np.testing.assert_allclose(result, reference, rtol=0, atol=1e-5)
+
+
+def test_alpha_of_any_accepted_type_gives_the_same_foreground() -> None:
+    image, alpha, _, _ = _synthetic(40, 56)
+    image8 = np.rint(image * 255).astype(np.uint8)
+    alpha8 = np.rint(alpha * 255).astype(np.uint8)
+    expected = estimate_foreground(image8, alpha8.astype(np.float32) / 255)
+    variants = {
+        "uint8": alpha8,
+        "float64": alpha8 / 255.0,
+        "(H, W, 1)": (alpha8 / np.float32(255))[..., None],
+        "strided": np.ascontiguousarray(np.repeat(alpha8, 2, axis=1))[:, ::2],
+    }
+    for name, variant in variants.items():
+        np.testing.assert_array_equal(estimate_foreground(image8, variant), expected, err_msg=name)
+    # Floats a hair outside [0, 1] (rounding noise) are clipped, as everywhere else.
+    noisy = (alpha8 / 255.0).copy()
+    noisy[alpha8 == 255] += 1e-7
+    noisy[alpha8 == 0] -= 1e-7
+    np.testing.assert_array_equal(estimate_foreground(image8, noisy), expected)
+
+
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (1, 7), (6, 1), (37, 53)])
 def test_any_size_gives_finite_float32_colours(height: int, width: int) -> None:
     rng = np.random.default_rng(height * width)
@@ -218,6 +297,15 @@ def test_rgba_cutout_has_straight_alpha() -> None:
     cutout = rgba_cutout(foreground, alpha)
     assert cutout.shape == (1, 2, 4) and cutout.dtype == np.uint8
     np.testing.assert_array_equal(cutout, [[[51, 102, 153, 128], [255, 0, 0, 0]]])
+
+
+def test_rgba_cutout_rounds_every_channel_like_the_plain_formula() -> None:
+    rng = np.random.default_rng(7)
+    foreground = rng.random((33, 47, 3), dtype=np.float32)
+    foreground[0, :4, 0] = [0.5 / 255, 1.5 / 255, 254.5 / 255, 1.0]  # halfway cases round to even
+    alpha = rng.random((33, 47), dtype=np.float32)
+    expected = np.rint(np.concatenate([foreground, alpha[..., None]], axis=2) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(rgba_cutout(foreground, alpha), expected)
 
 
 def test_checkerboard_and_display_over_it() -> None:

@@ -112,9 +112,7 @@ def test_global_mode_equals_transformers_vitmatte_with_zeroed_global_relative_po
     # only routers and LTRMs are new; only the global blocks' relative positions are dropped
     assert report.new and all(".router." in key or ".ltrm." in key for key in report.new)
     assert sorted(report.dropped) == sorted(
-        f"backbone.encoder.layer.{i}.attention.rel_pos_{axis}"
-        for i in config.global_block_indices
-        for axis in "hw"
+        f"backbone.encoder.layer.{i}.attention.rel_pos_{axis}" for i in config.global_block_indices for axis in "hw"
     )
 
 

@@ -33,9 +33,20 @@ def predict(model_dir, *arguments) -> int:
 def test_single_image_writes_every_requested_output(model_dir, tmp_path, capsys):
     write_pair(tmp_path / "images", tmp_path / "trimaps", "cat")
     code = predict(
-        model_dir, tmp_path / "images" / "cat.jpg", "--trimap", tmp_path / "trimaps" / "cat.png",
-        "--output", tmp_path / "out", "--save", "alpha,foreground,rgba,composite", "--alpha-bits", "16",
-        "--background", "#00ff00", "--max-global-tokens", "auto",
+        model_dir,
+        tmp_path / "images" / "cat.jpg",
+        "--trimap",
+        tmp_path / "trimaps" / "cat.png",
+        "--output",
+        tmp_path / "out",
+        "--save",
+        "alpha,foreground,rgba,composite",
+        "--alpha-bits",
+        "16",
+        "--background",
+        "#00ff00",
+        "--max-global-tokens",
+        "auto",
     )
     assert code == 0, capsys.readouterr().err
     alpha = Image.open(tmp_path / "out" / "cat_alpha.png")
@@ -105,6 +116,19 @@ def test_bad_inputs_give_one_line_and_a_non_zero_exit(model_dir, tmp_path, capsy
     assert "would overwrite an input" in _single_error(
         model_dir, capsys, image, "--trimap", tmp_path / "x_alpha.png", "--output", tmp_path
     )
-    assert main(["predict", str(image), "--trimap", str(trimap), "--output", str(tmp_path / "o"),
-                 "--model", str(tmp_path / "no" / "such" / "model")]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                str(image),
+                "--trimap",
+                str(trimap),
+                "--output",
+                str(tmp_path / "o"),
+                "--model",
+                str(tmp_path / "no" / "such" / "model"),
+            ]
+        )
+        == 1
+    )
     assert "does not exist" in capsys.readouterr().err

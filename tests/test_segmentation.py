@@ -63,6 +63,9 @@ HIERA = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 def tiny_sam_config() -> SamConfig:
     return SamConfig(vision_config=VISION, prompt_encoder_config=PROMPT_ENCODER, mask_decoder_config=MASK_DECODER)
 
@@ -104,15 +107,6 @@ def disc_image(height: int = HEIGHT, width: int = WIDTH, brightness: int = 230) 
     image = np.full((height, width, 3), 20, dtype=np.uint8)
     image[(yy - height / 2) ** 2 + (xx - width / 2) ** 2 < (0.3 * height) ** 2] = brightness
     return image
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models are all per-op overhead; on a busy shared CPU, thread hand-offs made each op ~50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=["sam", "sam_hq", "sam2"])
@@ -268,6 +262,30 @@ def test_vision_encoder_runs_once_per_image(model):
         assert calls.count == 3
         segmenter.set_image(other)  # dropped from the cache: least recently used of the three
         assert calls.count == 4
+    finally:
+        calls.remove()
+
+
+def test_a_pickled_embedding_decodes_like_the_current_image_without_the_encoder(model):
+    """The Space's ZeroGPU path: embed once, pickle to the CPU (as a GPU worker returns it), decode clicks there."""
+    import pickle
+
+    segmenter = ClickSegmenter(model, device="cpu")
+    calls = EncoderCalls(model)
+    try:
+        embedding = pickle.loads(pickle.dumps(segmenter.embed(disc_image()).to("cpu")))
+        assert calls.count == 1 and not segmenter.is_image_set, "embed() leaves the current image alone"
+        assert embedding.original_size == (HEIGHT, WIDTH) and embedding.nbytes > 0
+        prompts = [({"points": [INSIDE], "labels": [1]}), ({"points": [INSIDE, OUTSIDE], "labels": [1, 0], "box": BOX})]
+        from_embedding = [segmenter.predict_mask(**prompt, embedding=embedding) for prompt in prompts]
+        assert calls.count == 1, "clicks on a kept embedding never run the encoder"
+        segmenter.set_image(disc_image())
+        for prompt, prediction in zip(prompts, from_embedding, strict=True):
+            reference = segmenter.predict_mask(**prompt)
+            np.testing.assert_array_equal(prediction.masks, reference.masks)
+            np.testing.assert_allclose(prediction.scores, reference.scores, atol=1e-6)
+        with pytest.raises(InputError, match="either an image or its embedding"):
+            segmenter.predict_mask(points=[INSIDE], image=disc_image(), embedding=embedding)
     finally:
         calls.remove()
 

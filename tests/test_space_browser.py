@@ -1,5 +1,7 @@
-"""The Space in a real browser: Debian's Chromium driven by Playwright clicks an example, uploads a photo,
-clicks on it, paints a correction on the trimap, computes the matte and checks that the pictures appear.
+"""The Space in a real browser: Debian's Chromium driven by Playwright, on a 1366 x 768 screen, clicks an
+example, uploads a photo, says what to cut out, clicks on it, paints a correction, cuts out and checks that the
+pictures appear, the results come into view and every download button serves the full-size file; then two
+tabs cut out at once.
 
 Chromium comes from Debian's package (installed here with apt-get when missing and running as root), never
 from Playwright's own browser downloads. A screenshot of the finished page is kept in ``artifacts/``.
@@ -7,7 +9,6 @@ from Playwright's own browser downloads. A screenshot of the finished page is ke
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.space_utils import ROOT, running_app, save_photo, save_tiny_mematte, save_tiny_sam
+from tests.space_utils import ROOT, disc_photo, running_app, save_photo, save_tiny_mematte, save_tiny_sam
+from tests.test_text_prompts import save_tiny_owlv2
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -51,27 +53,46 @@ def chromium() -> Path:
     return CHROMIUM
 
 
+VIEWPORT = {"width": 1366, "height": 768}
+TEXT = "the dog"
+
+
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
+    from mematte_hf.text_prompts import load_text_model
+
     folder = tmp_path_factory.mktemp("browser-app")
     mematte = save_tiny_mematte(folder / "mematte")
     sam = save_tiny_sam(folder / "sam")
-    with running_app(folder, mematte, sam) as url:
+    owl = save_tiny_owlv2(folder / "owl")
+    # Random weights: accept the best box the tiny detector finds for TEXT on the test photo.
+    found = load_text_model(owl, device="cpu").detect(disc_photo(1100, 700), TEXT, threshold=0.0)
+    threshold = f"{float(found.scores.max()) - 1e-3:.6f}"
+    with running_app(folder, mematte, sam, "--text-model", str(owl), "--text-threshold", threshold) as url:
         yield url
 
 
 @pytest.fixture()
-def page(chromium):
+def browser(chromium):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(TIMEOUT_MS)
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+def new_tab(browser):
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(TIMEOUT_MS)
+    return page
+
+
+@pytest.fixture()
+def page(browser):
+    return new_tab(browser)
 
 
 def wait_for_status(page, text: str) -> str:
@@ -91,25 +112,48 @@ def image_loaded(page, selector: str) -> bool:
     return True
 
 
-def test_upload_click_paint_and_matte_in_chromium(app_url, page, tmp_path):
+def in_view(page, selector: str) -> bool:
+    box = page.locator(selector).first.bounding_box()
+    return box is not None and box["y"] < VIEWPORT["height"] and box["y"] + box["height"] > 0
+
+
+def downloads_serve_full_size(page, size: tuple[int, int]) -> list[str]:
+    """Press each download button as a visitor does; every file is the full-size PNG."""
+    names = []
+    for selector in ("#download-rgba", "#download-alpha", "#download-alpha16"):
+        with page.expect_download() as download:
+            page.locator(selector).click()
+        path = download.value.path()
+        assert Image.open(path).size == size, selector
+        names.append(download.value.suggested_filename)
+    return names
+
+
+def text_click_and_cut_out(page, photo: Path) -> None:
+    page.locator("#photo input[type=file]").set_input_files(str(photo))
+    wait_for_status(page, "1100 x 700 px loaded")
+    page.locator("#text textarea, #text input").first.fill(TEXT)
+    page.locator("#find").click()
+    wait_for_status(page, f'Outline from "{TEXT}"')
+    box = page.locator("#photo img").first.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    wait_for_status(page, "and your clicks")
+
+
+def test_text_click_paint_and_cut_out_on_a_laptop_screen(app_url, page, tmp_path):
     page.goto(app_url)
     page.wait_for_selector("#photo")
 
-    # An example photo fills the clickable image.
+    # An example photo fills the clickable image, which stays on a 1366 x 768 screen with the text box.
     page.locator("#examples button.gallery-item").first.click()
     assert "640 x 480" in wait_for_status(page, "loaded")
+    assert in_view(page, "#photo img") and in_view(page, "#text")
 
-    # Then an uploaded photo, larger than the previews, replaces it.
-    photo = save_photo(tmp_path / "photo.png", 1100, 700)
-    page.locator("#photo input[type=file]").set_input_files(str(photo))
-    assert "1100 x 700" in wait_for_status(page, "1100 x 700 px loaded")
+    text_click_and_cut_out(page, save_photo(tmp_path / "photo.png", 1100, 700))
 
-    box = page.locator("#photo img").first.bounding_box()
-    page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
-    assert "Mask from 1 prompt" in wait_for_status(page, "Mask from")
-    image_loaded(page, "#photo")
-
-    # A white (foreground) stroke across the trimap editor, with its default brush.
+    # A white (keep) stroke across the outline editor, with its default brush.
+    page.locator("#trimap canvas").first.scroll_into_view_if_needed()
+    page.wait_for_timeout(1000)  # the page's smooth scrolls settle before the stroke's coordinates are read
     canvas = page.locator("#trimap canvas").first.bounding_box()
     y = canvas["y"] + canvas["height"] * 0.5
     page.mouse.move(canvas["x"] + canvas["width"] * 0.3, y)
@@ -119,22 +163,33 @@ def test_upload_click_paint_and_matte_in_chromium(app_url, page, tmp_path):
     page.mouse.up()
 
     page.locator("#run").click()
-    assert "computed" in wait_for_status(page, "Matte of 1100 x 700 px computed")
-    for selector in ("#alpha", "#cutout", "#composite"):
-        assert image_loaded(page, selector)
+    assert "Cut out 1100 x 700 px" in wait_for_status(page, "Cut out 1100 x 700 px")
+    image_loaded(page, "#before-after")
+    image_loaded(page, "#composite")
+    page.wait_for_function("() => { const r = document.getElementById('results').getBoundingClientRect();"
+                           " return r.top < innerHeight && r.bottom > 0; }")  # fmt: skip
+    assert sorted(downloads_serve_full_size(page, (1100, 700))) == [
+        "photo_alpha.png", "photo_alpha_16bit.png", "photo_cutout_rgba.png"
+    ]  # fmt: skip
+    page.locator("#advanced").first.click()  # the measurements live under "Advanced"
     page.wait_for_selector("#routing img")
-    assert page.locator("#routing img").count() >= 2, "one routing picture per router"
-    stats = page.locator("#stats").inner_text()
-    assert "brush corrections changed" in stats and "routed to global attention" in stats
-    links = page.locator("#downloads a[href]")
-    hrefs = sorted({links.nth(index).get_attribute("href") for index in range(links.count())})
-    names = sorted(href.rsplit("/", 1)[-1] for href in hrefs)
-    assert names == ["photo_alpha.png", "photo_alpha_16bit.png", "photo_cutout_rgba.png"]
-    for href in hrefs:  # what the download links serve: the full resolution
-        response = page.request.get(href)
-        assert response.ok and Image.open(io.BytesIO(response.body())).size == (1100, 700)
+    assert "brush corrections changed" in page.locator("#stats").inner_text()
 
     ARTIFACTS.mkdir(exist_ok=True)
     for path in (ARTIFACTS / "space_browser.png", tmp_path / "space_browser.png"):
         page.screenshot(path=str(path), full_page=True)
         assert path.stat().st_size > 10_000
+
+
+def test_two_tabs_cut_out_at_once(app_url, browser, tmp_path):
+    photo = save_photo(tmp_path / "photo.png", 1100, 700)
+    tabs = [new_tab(browser) for _ in range(2)]
+    for tab in tabs:
+        tab.goto(app_url)
+        tab.wait_for_selector("#photo")
+        text_click_and_cut_out(tab, photo)
+    for tab in tabs:  # both runs queued before either finishes
+        tab.locator("#run").click()
+    for tab in tabs:
+        wait_for_status(tab, "Cut out 1100 x 700 px")
+        downloads_serve_full_size(tab, (1100, 700))

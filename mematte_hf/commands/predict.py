@@ -1,7 +1,9 @@
-"""Matte one image or a folder of images at full resolution.
+"""Matte one image or a folder of images at full resolution, from trimaps or from a text prompt.
 
 Folder mode pairs images and trimaps by file name (stem), skips images whose outputs already exist (so an
 interrupted run resumes), writes every file atomically, and reports a failed image without stopping the batch.
+With ``--text "the dog" --text-model ID`` no trimap is needed: a detector (Grounding DINO, OWLv2) and SAM, or
+SAM 3, make the mask and the trimap of each image; an image where nothing matches is reported, not matted.
 """
 
 from __future__ import annotations
@@ -14,18 +16,25 @@ from pathlib import Path
 HELP = "matte an image or a folder of images (alpha, foreground, RGBA cutout, composite)"
 OUTPUT_KINDS = ("alpha", "foreground", "rgba", "composite")
 DEFAULT_MODEL = "mematte-hf/mematte-vits-composition1k"
+DEFAULT_SAM_MODEL = "facebook/sam-vit-base"
 
 
 @dataclass(frozen=True)
 class Job:
     name: str
     image: Path
-    trimap: Path
+    trimap: Path | None  # None: the trimap comes from the text prompt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", type=Path, help="an image file or a folder of images")
-    parser.add_argument("--trimap", type=Path, required=True, help="the trimap file, or a folder of trimaps")
+    parser.add_argument("--trimap", type=Path, help="the trimap file, or a folder of trimaps (or use --text)")
+    parser.add_argument("--text", help='what to cut out, e.g. "the dog": makes each trimap (needs --text-model)')
+    parser.add_argument(
+        "--text-model", help="Grounding DINO / OWLv2 (with --sam-model) or SAM 3 folder or Hub id, for --text"
+    )
+    parser.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, help=f"SAM for --text boxes ({DEFAULT_SAM_MODEL})")
+    parser.add_argument("--text-threshold", type=float, default=None, help="score a text match needs")
     parser.add_argument("--output", type=Path, required=True, help="folder for the results")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"MEMatte folder or Hub id (default {DEFAULT_MODEL})")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -41,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha-bits", type=int, choices=[8, 16], default=8, help="bit depth of alpha PNGs")
     parser.add_argument("--background", default="#ffffff", help="composite background: a colour or an image file")
     parser.add_argument("--max-pixels", type=int, default=None, help="refuse images above this many pixels")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the fixed-shape blocks: same alphas, fewer kernels after a first-image compilation (GPU)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     outputs = parse_outputs(args.save)
     cap = parse_cap(args.max_global_tokens)
-    jobs = pair_jobs(args.image, args.trimap)
+    jobs = text_jobs(args) if check_prompt_arguments(args) else pair_jobs(args.image, args.trimap)
     args.output.mkdir(parents=True, exist_ok=True)
     refuse_overwriting_inputs(jobs, args.output, outputs)
     pending = [job for job in jobs if not all(output_path(args.output, job.name, kind).exists() for kind in outputs)]
@@ -57,10 +71,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"nothing to do: all {len(jobs)} image(s) already have their outputs in {args.output}")
         return 0
     predictor = None  # loaded at the first image that reads correctly, so bad input fails fast
+    text_segmenter = load_text_segmenter(args) if args.text else None  # a model that cannot load: one line, now
     failures = []
     for job in progress(pending, single=len(jobs) == 1):
         try:
-            image, trimap = read_inputs(job, args)
+            image, trimap = read_inputs(job, args, text_segmenter)
             predictor = predictor or load_predictor(args, cap)
             process(job.name, image, trimap, predictor, args, outputs)
         except InputError as error:
@@ -71,6 +86,49 @@ def run(args: argparse.Namespace) -> int:
     done = len(pending) - len(failures)
     print(f"{done} done, {skipped} skipped (already done), {len(failures)} failed; results in {args.output}")
     return 1 if failures else 0
+
+
+def check_prompt_arguments(args: argparse.Namespace) -> bool:
+    """Whether the trimaps come from --text; refuses --trimap and --text together or neither."""
+    from ..errors import InputError
+
+    if args.text is not None and args.trimap is not None:
+        raise InputError("give either --trimap or --text, not both")
+    if args.text is None and args.trimap is None:
+        raise InputError('give --trimap FILE_OR_FOLDER, or --text "what to cut out" with --text-model')
+    if args.text is not None and not args.text.strip():
+        raise InputError('--text is empty: say what to cut out, e.g. --text "the dog"')
+    if args.text is not None and not args.text_model:
+        raise InputError("--text needs --text-model: a Grounding DINO, OWLv2 or SAM 3 folder or Hub id")
+    return args.text is not None
+
+
+def text_jobs(args: argparse.Namespace) -> list[Job]:
+    """One job per image (a file, or every image of a folder); the trimaps will come from the text."""
+    from ..errors import InputError
+    from ..image_io import list_images
+
+    if not args.image.exists():
+        raise InputError(f"{args.image} does not exist")
+    images = [args.image] if args.image.is_file() else list_images(args.image)
+    if not images:
+        raise InputError(f"{args.image} contains no images")
+    return [Job(path.stem, path, None) for path in images]
+
+
+def load_text_segmenter(args: argparse.Namespace):
+    """The text model (and SAM for a detector); a model that cannot be loaded stops the run with one line."""
+    from ..errors import InputError
+    from ..text_prompts import TextSegmenter
+
+    try:
+        return TextSegmenter.from_pretrained(args.text_model, args.sam_model, device=args.device)
+    except InputError:
+        raise
+    except Exception as error:  # noqa: BLE001 - gated, offline, missing package: one line saying which model
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise InputError(f"could not load the text model {args.text_model!r} (or SAM {args.sam_model!r}): "
+                         f"{reason}") from None  # fmt: skip
 
 
 def parse_outputs(text: str) -> list[str]:
@@ -126,7 +184,7 @@ def output_path(folder: Path, name: str, kind: str) -> Path:
 def refuse_overwriting_inputs(jobs: list[Job], folder: Path, outputs: list[str]) -> None:
     from ..errors import InputError
 
-    inputs = {path.resolve() for job in jobs for path in (job.image, job.trimap)}
+    inputs = {path.resolve() for job in jobs for path in (job.image, job.trimap) if path is not None}
     for job in jobs:
         for kind in outputs:
             if output_path(folder, job.name, kind).resolve() in inputs:
@@ -145,7 +203,7 @@ def load_predictor(args: argparse.Namespace, cap):
         options["decoder_tile_size"] = args.decoder_tile_size
     if args.max_pixels:
         options["max_pixels"] = args.max_pixels
-    return MEMattePredictor.from_pretrained(args.model, **options)
+    return MEMattePredictor.from_pretrained(args.model, compile=args.compile, **options)
 
 
 def progress(jobs: list[Job], single: bool):
@@ -156,12 +214,16 @@ def progress(jobs: list[Job], single: bool):
     return tqdm(jobs, desc="matting", unit="image")
 
 
-def read_inputs(job: Job, args: argparse.Namespace):
-    """Decode and check the image and its trimap (size, pixel limit) before any model work."""
+def read_inputs(job: Job, args: argparse.Namespace, text_segmenter=None):
+    """Decode and check the image and its trimap (size, pixel limit), or make the trimap from the text."""
     from ..image_io import DEFAULT_MAX_PIXELS, load_image, load_trimap
+    from ..trimap import mask_to_trimap
 
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     image = load_image(job.image, max_pixels=max_pixels)
+    if job.trimap is None:  # raises NothingFoundError (an InputError) when nothing matches: reported per image
+        found = text_segmenter.predict_mask(image, args.text, threshold=args.text_threshold)
+        return image, mask_to_trimap(found.mask)
     return image, load_trimap(job.trimap, expected_size=image.shape[:2], max_pixels=max_pixels)
 
 
