@@ -193,20 +193,13 @@ def vitmatte_attention_bytes(size: int, dtype: str) -> int:
     return 3 * VIT_S["num_attention_heads"] * tokens * tokens * (4 if dtype == "float32" else 2)
 
 
-def available_bytes(device: str) -> int | None:
+def available_bytes(device: str) -> int:
+    """Free memory on the device: CUDA's free memory, or the system's available memory (`mematte_hf.memory`)."""
     import torch
 
-    if device == "cuda":
-        free, _ = torch.cuda.mem_get_info()
-        return free
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    from mematte_hf.memory import available_memory
+
+    return available_memory(torch.device(device))
 
 
 def worker_command(args: argparse.Namespace, *extra: str) -> list[str]:
