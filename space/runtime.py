@@ -29,7 +29,7 @@ import contextlib
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,17 +101,26 @@ class StartupError(RuntimeError):
 
 _lock = threading.Lock()
 _settings: Settings | None = None
-_predictor: Any | None = None
-_segmenter: Any | None = None
-_click_segmenter: Any | None = None
-_text_model: Any | None = None
+_models: dict[str, Any] = {}  # name -> model, each loaded once per process
 
 
 def configure(settings: Settings) -> None:
     """Remember the settings the singletons are built from (models already loaded are dropped)."""
-    global _settings, _predictor, _segmenter, _click_segmenter, _text_model
+    global _settings
     with _lock:
-        _settings, _predictor, _segmenter, _click_segmenter, _text_model = settings, None, None, None, None
+        _settings = settings
+        _models.clear()
+
+
+def _shared(name: str, load: Callable[[], Any]) -> Any:
+    """The process's model `name`, made by `load()` on first use; concurrent first requests load it once."""
+    model = _models.get(name)
+    if model is None:
+        with _lock:
+            model = _models.get(name)
+            if model is None:
+                model = _models[name] = load()
+    return model
 
 
 def settings() -> Settings:
@@ -122,22 +131,12 @@ def settings() -> Settings:
 
 def predictor() -> Any:
     """The process's ``MEMattePredictor``, loaded on first use."""
-    global _predictor
-    if _predictor is None:
-        with _lock:
-            if _predictor is None:
-                _predictor = _load_predictor(settings())
-    return _predictor
+    return _shared("predictor", lambda: _load_predictor(settings()))
 
 
 def segmenter() -> Any:
     """The process's ``ClickSegmenter``, loaded on first use."""
-    global _segmenter
-    if _segmenter is None:
-        with _lock:
-            if _segmenter is None:
-                _segmenter = _load_segmenter(settings())
-    return _segmenter
+    return _shared("segmenter", lambda: _load_segmenter(settings()))
 
 
 def click_segmenter() -> Any:
@@ -147,32 +146,26 @@ def click_segmenter() -> Any:
     so clicks decode with a CPU copy of SAM: its prompt encoder and mask decoder take milliseconds there, and
     a click then costs no GPU quota and no wait for a GPU.
     """
-    global _click_segmenter
     if not on_zero_gpu():
         return segmenter()
-    if _click_segmenter is None:
-        with _lock:
-            if _click_segmenter is None:
-                import torch
 
-                # ZeroGPU forks its worker from this process: a child forked after OpenMP ran here with several
-                # threads hangs in its first parallel CPU op (libgomp), so this process's CPU work stays on one
-                # thread. SAM's decoder is small enough that a click still takes milliseconds.
-                torch.set_num_threads(1)
-                _click_segmenter = _load_segmenter(settings(), device="cpu")
-    return _click_segmenter
+    def load_on_cpu() -> Any:
+        import torch
+
+        # ZeroGPU forks its worker from this process: a child forked after OpenMP ran here with several
+        # threads hangs in its first parallel CPU op (libgomp), so this process's CPU work stays on one
+        # thread. SAM's decoder is small enough that a click still takes milliseconds.
+        torch.set_num_threads(1)
+        return _load_segmenter(settings(), device="cpu")
+
+    return _shared("click_segmenter", load_on_cpu)
 
 
 def text_model() -> Any | None:
     """The text-prompt model (a detector or SAM 3), or None when the app was started without one."""
-    global _text_model
     if settings().text_model is None:
         return None
-    if _text_model is None:
-        with _lock:
-            if _text_model is None:
-                _text_model = _load_text_model(settings())
-    return _text_model
+    return _shared("text_model", lambda: _load_text_model(settings()))
 
 
 def load_models() -> None:
