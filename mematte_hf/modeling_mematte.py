@@ -11,7 +11,6 @@ This file imports only torch, transformers and sibling modules by relative impor
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -600,16 +599,23 @@ class MEMatteWindowLayer(VitDetLayer):
         return self._merge_heads(attended, size)
 
     def _attend_in_place(self, windows: torch.Tensor) -> torch.Tensor:
-        """`_attend` with the relative positions added to the scores in place: one score map less alive."""
+        """`_attend` with the relative positions added to the scores in place: one score map less alive.
+
+        Scores, relative positions and softmax are computed in float32 for half-precision inputs, as SDPA's fused
+        kernels accumulate them: in bfloat16 the summed scores keep 8 bits, which moved alphas by 0.03 and flipped
+        routing decisions downstream, so the plans would no longer agree.
+        """
         size = windows.shape[1]
         queries, keys, values = self._split_heads(windows)
+        score_dtype = torch.promote_types(queries.dtype, torch.float32)
+        queries, keys = queries.to(score_dtype), keys.to(score_dtype)
         scores = (queries * self.attention.scale) @ keys.transpose(-2, -1)
         if self.attention.use_relative_position_embeddings:
             along_height, along_width = self._relative_positions(queries, size)
             grid = scores.view(-1, size, size, size, size)
             grid += along_height[..., :, None]
             grid += along_width[..., None, :]
-        return self._merge_heads(scores.softmax(dim=-1) @ values, size)
+        return self._merge_heads(scores.softmax(dim=-1).to(values.dtype) @ values, size)
 
     def _relative_positions(self, queries: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The decomposed relative positions of MViTv2 / ViTDet, each (num_windows * heads, size, size, size):
@@ -617,8 +623,11 @@ class MEMatteWindowLayer(VitDetLayer):
         count, heads, _, head_dim = queries.shape
         index = self._relative_index.get(queries.device)
         if index is None:  # index[i, j] = i - j + size - 1: the table row for query i and key j
-            positions = torch.arange(size, device=queries.device)
-            index = self._relative_index[queries.device] = positions[:, None] - positions[None, :] + size - 1
+            # A normal tensor even when built under `torch.inference_mode()`: an inference tensor kept here would
+            # make every later forward with gradients fail ("Inference tensors cannot be saved for backward").
+            with torch.inference_mode(False):
+                positions = torch.arange(size, device=queries.device)
+                index = self._relative_index[queries.device] = positions[:, None] - positions[None, :] + size - 1
         table_h = self.attention.rel_pos_h[index].to(queries.dtype)  # (size, size, head_dim)
         table_w = self.attention.rel_pos_w[index].to(queries.dtype)
         grid = queries.reshape(count * heads, size, size, head_dim)
@@ -734,33 +743,12 @@ class FoldedDecoder:
         )
 
 
-class FoldedDecoderCache:
-    """Folds the decoder once and reuses the result until a parameter or statistic changes (loading weights,
-    training, `.to()`): the key is each tensor's storage, version counter, dtype and device."""
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._folded: FoldedDecoder | None = None
-
-    def get(self, decoder: VitMatteDetailCaptureModule) -> FoldedDecoder:
-        tensors = list(itertools.chain(decoder.parameters(), decoder.buffers()))
-        if any(tensor.is_inference() for tensor in tensors):
-            # Made under `torch.inference_mode()` (e.g. `.to()` there): no version counter, so no safe cache.
-            return FoldedDecoder.fold(decoder)
-        key = tuple((tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device) for tensor in tensors)
-        if key != self._key:
-            with torch.no_grad():
-                self._folded = FoldedDecoder.fold(decoder)
-            self._key = key
-        return self._folded
-
-
 def lean_detail_capture(
     folded: FoldedDecoder, features: torch.Tensor, pixel_values: torch.Tensor, band_tokens: int | None = None
 ) -> torch.Tensor:
     """Inference forward of transformers' `VitMatteDetailCaptureModule` with the same maths and less memory.
 
-    Batch norms are folded into their convolutions (once, see `FoldedDecoderCache`), activations run in place,
+    Batch norms are folded into their convolutions (`FoldedDecoder.fold`, once per forward), activations run in place,
     each fusion block's convolution over `concat(detail, upsampled)` is computed as the sum of two convolutions
     (so the concatenation is never built), every detail map is freed once used, and the last fusion block and
     the head, which work at full resolution, run in row chunks with exact halos. The decoder's peak drops to a
@@ -991,7 +979,6 @@ class MEMatteForImageMatting(MEMattePreTrainedModel):
         super().__init__(config)
         self.backbone = MEMatteBackbone(config)
         self.decoder = VitMatteDetailCaptureModule(config.to_vitmatte_config())
-        self._folded_decoder = FoldedDecoderCache()
         self._decoder_function = lean_detail_capture  # compiled by `compile_blocks`
         self.post_init()
 
@@ -1062,7 +1049,10 @@ class MEMatteForImageMatting(MEMattePreTrainedModel):
         elif torch.is_grad_enabled():
             decoder, tile_batch = self.decoder, execution.tile_batch
         else:
-            folded = self._folded_decoder.get(self.decoder)
+            # Folded at every call, never cached between calls: a cache cannot see every way weights change (a
+            # write through `.data` leaves no trace on the tensor), and folding costs about 60 small operations
+            # once per forward, shared by all its tiles (0.8 ms for ViT-S on a CPU).
+            folded = FoldedDecoder.fold(self.decoder)
             decoder = partial(self._decoder_function, folded, band_tokens=execution.band_tokens)
             tile_batch = execution.tile_batch
         if not tile_size:

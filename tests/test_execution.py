@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoImageProcessor, AutoModelForImageMatting
 
 from mematte_hf.modeling_mematte import CPU_EXECUTION, GPU_EXECUTION, ExecutionPlan, resolve_execution
+from mematte_hf.predictor import place_model
+from tests.fixtures import convert_case, load_case, requires_fixtures
+from tests.test_mixed_precision import CLEAR_MARGIN, TOLERANCES
 from tests.utils import random_inputs, tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -78,3 +82,47 @@ def test_compiled_blocks_give_the_eager_alphas():
     torch.testing.assert_close(compiled.alphas, eager.alphas, atol=1e-5, rtol=0)
     for mask, eager_mask in zip(compiled.routing_masks, eager.routing_masks, strict=True):
         assert torch.equal(mask, eager_mask)
+
+
+def assert_plans_agree(cpu, gpu, reference, dtype: torch.dtype) -> None:
+    """The CPU and GPU plans' outputs within the half-precision tolerances of each other, and no decision whose
+    float32 margin exceeds `CLEAR_MARGIN` taken differently."""
+    difference = (cpu.alphas.float() - gpu.alphas.float()).abs()
+    mean_limit, max_limit = TOLERANCES[dtype]
+    assert difference.mean() <= mean_limit and difference.max() <= max_limit, (difference.mean(), difference.max())
+    for index, log_probs in enumerate(reference.router_log_probs):
+        clear = (log_probs[..., 0] - log_probs[..., 1]).abs() > CLEAR_MARGIN
+        flipped = cpu.routing_masks[index] != gpu.routing_masks[index]
+        assert not (flipped & clear).any(), f"router {index}: {int((flipped & clear).sum())} clear decisions differ"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_plans_agree_in_half_precision_on_a_tiny_model(dtype):
+    pixel_values = random_inputs(1, 160, 192, seed=65)
+    with torch.inference_mode():
+        reference = tiny_model(seed=65)(pixel_values, decoder_tile_size=0)
+    model = place_model(tiny_model(seed=65), torch.device("cpu"), dtype)
+    with torch.inference_mode():
+        cpu, gpu = (model(pixel_values.to(dtype), decoder_tile_size=0, execution=plan) for plan in ("cpu", "gpu"))
+    assert_plans_agree(cpu, gpu, reference, dtype)
+
+
+# tiny_direct's half-precision run is in tests/test_mixed_precision.py; these two keep this file quick.
+@pytest.fixture(scope="module", params=["tiny_cap", "tiny_pad32"])
+def converted_case(request, tmp_path_factory):
+    folder = convert_case(request.param, tmp_path_factory.mktemp(request.param))
+    _, _, image, trimap = load_case(request.param)
+    inputs = AutoImageProcessor.from_pretrained(folder)(images=image, trimaps=trimap, return_tensors="pt")
+    return folder, inputs["pixel_values"]
+
+
+@requires_fixtures
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_plans_agree_in_half_precision(converted_case, dtype):
+    folder, pixel_values = converted_case
+    reference_model = AutoModelForImageMatting.from_pretrained(folder).eval()
+    model = AutoModelForImageMatting.from_pretrained(folder, dtype=dtype).eval()
+    with torch.inference_mode():
+        reference = reference_model(pixel_values)
+        cpu, gpu = (model(pixel_values.to(dtype), execution=plan) for plan in ("cpu", "gpu"))
+    assert_plans_agree(cpu, gpu, reference, dtype)
