@@ -220,3 +220,19 @@ def test_window_blocks_in_row_bands_equal_the_whole_grid():
     banded = _run(model, pixel_values, execution=ExecutionPlan(band_tokens=14 * 14, tile_batch=1))
     torch.testing.assert_close(banded.alphas, whole.alphas, atol=1e-5, rtol=0)
     torch.testing.assert_close(banded.backbone_features, whole.backbone_features, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_gradient_forward_after_an_inference_forward(mode):
+    # A model built from its config has run no forward yet: what its first forward caches is made under
+    # inference mode here, and must still serve the forward with gradients that follows (predict, then fine-tune).
+    model = randomize_weights(MEMatteForImageMatting(tiny_config()), seed=81).eval()
+    pixel_values = random_inputs(1, 96, 128, seed=81)
+    with torch.inference_mode():
+        model(pixel_values)
+    model.train(mode == "train")
+    labels = torch.rand(1, 1, 96, 128, generator=torch.Generator().manual_seed(81))
+    output = model(pixel_values, labels=labels, decoder_tile_size=0)
+    output.loss.backward()
+    gradient = model.backbone.encoder.layer[0].attention.rel_pos_h.grad
+    assert gradient is not None and gradient.abs().sum() > 0
