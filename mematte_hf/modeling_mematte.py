@@ -925,6 +925,9 @@ class MEMattePreTrainedModel(PreTrainedModel):
     # The routers decide by thresholds and a top-k: loading with `dtype=torch.bfloat16` / `float16` keeps them in
     # float32 (they compute in float32 whatever their weights' dtype; this also keeps the weights unrounded).
     _keep_in_fp32_modules_strict = ["router"]
+    # The loss is a mean over the batch, never normalised by `num_items_in_batch`: `Trainer` must not pass it, and
+    # divides the loss for gradient accumulation itself. `forward` declares every argument it takes (no `**kwargs`).
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -1078,7 +1081,6 @@ class MEMatteForImageMatting(MEMattePreTrainedModel):
         execution: ExecutionPlan | str | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> MEMatteImageMattingOutput | tuple:
         r"""
         pixel_values (`torch.Tensor` of shape `(batch_size, 4, height, width)`):
@@ -1103,12 +1105,6 @@ class MEMatteForImageMatting(MEMattePreTrainedModel):
         recording (`torch.no_grad()` / `torch.inference_mode()`); with gradients on, eval mode runs the same
         routing through differentiable operations and gives the same output.
         """
-        if kwargs:
-            raise TypeError(
-                f"MEMatteForImageMatting.forward() got unexpected keyword arguments {sorted(kwargs)}; it takes "
-                "pixel_values, labels, teacher_features, max_global_tokens, decoder_tile_size, routing_mode, "
-                "execution, output_hidden_states and return_dict"
-            )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states

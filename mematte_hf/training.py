@@ -474,8 +474,6 @@ class MEMatteTrainer(Trainer):
         self.layer_decay = float(layer_decay)
         self.lr_milestones = [float(m) for m in lr_milestones]
         self.lr_factors = [float(f) for f in lr_factors]
-        # MEMatte's forward takes **kwargs, which the Trainer reads as "give me num_items_in_batch": it must not.
-        self.model_accepts_loss_kwargs = False
         self._part_sums: dict[str, torch.Tensor] = {}
         self._part_count = 0
         if self.train_dataset is not None:

@@ -27,7 +27,7 @@ from mematte_hf.training import (
     teacher_backbone_features,
     train,
 )
-from tests.utils import randomize_weights, tiny_config, tiny_model
+from tests.utils import random_inputs, randomize_weights, tiny_config, tiny_model
 
 RHO = 0.25
 
@@ -363,3 +363,29 @@ def test_mematte_teacher_runs_every_token_through_global_attention(tmp_path):
     with torch.no_grad():
         features = teacher_backbone_features(teacher, pixel_values)
     assert features.shape == (2, 32, 4, 6)
+
+
+def test_a_plain_transformers_trainer_trains_mematte(tmp_path, one_thread):
+    from transformers import Trainer
+
+    model = tiny_model(seed=91)
+    generator = torch.Generator().manual_seed(91)
+    batches = [
+        {"pixel_values": pixel_values, "labels": torch.rand(1, 64, 64, generator=generator)}
+        for pixel_values in random_inputs(4, 64, 64, seed=91)
+    ]
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+    )
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    result = Trainer(model=model, args=arguments, train_dataset=batches).train()
+    assert np.isfinite(result.training_loss)
+    moved = [name for name, parameter in model.named_parameters() if not torch.equal(parameter, before[name])]
+    assert any(".router." in name for name in moved) and any(name.startswith("decoder.") for name in moved)
