@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ChannelDimension, get_image_size
 from transformers.models.vitmatte.image_processing_pil_vitmatte import (
     VitMatteImageProcessorKwargs,
@@ -97,16 +98,20 @@ class MEMatteImageProcessor(VitMatteImageProcessorPil):
             return image
         return np.pad(image, ((0, 0), (0, target_height - height), (0, target_width - width)))
 
-    def _preprocess(self, images, trimaps, do_pad, size_divisor, padding_rule: str | None = None, **kwargs):
-        # The parent pads through `self.pad_image(image, size_divisor)`; a per-call rule is applied here instead.
-        if padding_rule is None or padding_rule == self.padding_rule:
-            return super()._preprocess(images, trimaps, do_pad=do_pad, size_divisor=size_divisor, **kwargs)
-        features = super()._preprocess(images, trimaps, do_pad=False, size_divisor=size_divisor, **kwargs)
+    def _preprocess(
+        self, images, trimaps, do_pad, size_divisor, return_tensors=None, padding_rule: str | None = None, **kwargs
+    ) -> BatchFeature:
+        # The parent pads through `self.pad_image(image, size_divisor)`, which cannot see a per-call rule: it
+        # prepares unpadded arrays, they are padded here by the call's rule, and the batch is built once, in the
+        # `return_tensors` type asked for.
+        features = super()._preprocess(
+            images, trimaps, do_pad=False, size_divisor=size_divisor, return_tensors=None, **kwargs
+        )
+        pixel_values = features["pixel_values"]
         if do_pad:
-            images = features["pixel_values"]
-            padded = [self.pad_image(np.asarray(image), size_divisor, padding_rule) for image in images]
-            features["pixel_values"] = torch.from_numpy(np.stack(padded)) if kwargs.get("return_tensors") else padded
-        return features
+            rule = padding_rule or self.padding_rule
+            pixel_values = [self.pad_image(image, size_divisor, rule) for image in pixel_values]
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """The size `pixel_values` has for a height x width image."""

@@ -12,6 +12,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from mematte_hf import MEMatteImageProcessor
 from mematte_hf.convert import load_image_processor
+from mematte_hf.image_processing_mematte import padded_size
 from mematte_hf.predictor import MEMattePredictor
 from tests.utils import save_tiny_checkpoint, tiny_model
 
@@ -100,3 +101,18 @@ def test_predictor_returns_the_input_size_and_the_processor_path(predictor, size
     expected = predictor.processor.post_process_alphas(raw, [size])[0].numpy()
     unknown = trimap == 128
     np.testing.assert_allclose(result.alpha[unknown], expected[unknown], atol=1e-6)
+
+
+@pytest.mark.parametrize("return_tensors, tensor_type", [("np", np.ndarray), ("pt", torch.Tensor)])
+@pytest.mark.parametrize("padding_rule", ["upstream", "minimal"])
+@pytest.mark.parametrize("rule_given", ["per_call", "by_the_processor"])
+def test_return_tensors_is_honoured_for_every_padding_rule(return_tensors, tensor_type, padding_rule, rule_given):
+    image, trimap = _inputs(96, 150)
+    if rule_given == "per_call":
+        processor, call_rule = MEMatteImageProcessor(padding_rule="upstream"), {"padding_rule": padding_rule}
+    else:
+        processor, call_rule = MEMatteImageProcessor(padding_rule=padding_rule), {}
+    pixel_values = processor(images=image, trimaps=trimap, return_tensors=return_tensors, **call_rule)["pixel_values"]
+    assert isinstance(pixel_values, tensor_type)
+    assert tuple(pixel_values.shape) == (1, 4, *padded_size(96, 150, padding_rule=padding_rule))
+    assert np.asarray(pixel_values).dtype == np.float32
