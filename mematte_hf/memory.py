@@ -170,7 +170,7 @@ def plan_execution(
     batch_size: int = 1,
 ):
     """The execution plan for `device` within `budget_bytes`: the CPU's cache-sized plan on a CPU; elsewhere the GPU
-    plan (whole grid up to 65536 tokens, decoder tiles in batches of 8), with the band and the tile batch shrunk
+    plan (bands of 65536 tokens, decoder tiles in batches of 8), with the band and the tile batch shrunk
     until each fits half the budget. The plan never changes the alphas, only how the work is laid out."""
     from .modeling_mematte import CPU_EXECUTION, GPU_EXECUTION, ExecutionPlan
 

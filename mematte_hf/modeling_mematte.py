@@ -66,8 +66,10 @@ class ExecutionPlan:
 #: image-sized ones in afresh for every operation (4096 px: 60.8 s -> 43 s, 1.8 GB -> 0.8 GB); tiles one by one;
 #: window attention with its relative positions added in place (SDPA's CPU math path would hold two more score maps).
 CPU_EXECUTION = ExecutionPlan(band_tokens=4096, tile_batch=1, fused_window_attention=False)
-#: On a GPU launches, not arithmetic, dominate small kernels: the whole grid of a 4096 px image (65536 tokens) in
-#: one band, and decoder tiles in batches of 8 (about 1 GiB of bfloat16 activations for 512 px tiles).
+#: On a GPU launches, not arithmetic, dominate small kernels: bands of 65536 tokens, and decoder tiles in batches of 8
+#: (about 1 GiB of bfloat16 activations for 512 px tiles). One band holds the whole grid of a 3840 or 4000 px image
+#: (240 or 250 rows of tokens); at exactly 4096 px (256 x 256 tokens) the MLPs run in one band, but the window
+#: blocks, whose bands hold whole 14-token windows (252 rows), run in two: 252 rows, then 4.
 GPU_EXECUTION = ExecutionPlan(band_tokens=65536, tile_batch=8)
 EXECUTION_PLANS = {"cpu": CPU_EXECUTION, "gpu": GPU_EXECUTION}
 
@@ -273,7 +275,9 @@ class MEMatteLayerNorm2d(nn.LayerNorm):
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
         hidden_state = hidden_state.permute(0, 2, 3, 1)
         weight, bias = self.weight, self.bias
-        if weight.dtype != hidden_state.dtype:  # routers and norms may be kept in float32 in a half model
+        # Under autocast a float32 model's convolutions hand half-precision activations to these float32 weights
+        # (in a model cast to half precision, weights and activations share the dtype and nothing is cast).
+        if weight.dtype != hidden_state.dtype:
             weight, bias = weight.to(hidden_state.dtype), bias.to(hidden_state.dtype)
         return F.layer_norm(hidden_state, self.normalized_shape, weight, bias, self.eps).permute(0, 3, 1, 2)
 
@@ -1098,8 +1102,8 @@ class MEMatteForImageMatting(MEMattePreTrainedModel):
             `"adaptive"`, `"global"` (every token to global attention) or `"light"` (every token to the LTRM).
         execution (`ExecutionPlan` or `str`, *optional*, defaults to the plan of the input's device):
             How the lean inference path lays its work out, never what it computes: `"cpu"` (cache-sized row
-            bands, tiles one by one) or `"gpu"` (the whole grid of a 4096 px image at once, decoder tiles in
-            batches: fewer, larger kernels), or an `ExecutionPlan`.
+            bands, tiles one by one) or `"gpu"` (bands of 65536 tokens: the whole grid up to 4000 px, decoder tiles
+            in batches: fewer, larger kernels), or an `ExecutionPlan`.
 
         The lean inference path (in-place updates, row bands, folded batch norms) runs when autograd is not
         recording (`torch.no_grad()` / `torch.inference_mode()`); with gradients on, eval mode runs the same

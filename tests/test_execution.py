@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageMatting
 
-from mematte_hf.modeling_mematte import CPU_EXECUTION, GPU_EXECUTION, ExecutionPlan, resolve_execution
+from mematte_hf.image_processing_mematte import padded_size
+from mematte_hf.modeling_mematte import CPU_EXECUTION, GPU_EXECUTION, ExecutionPlan, resolve_execution, row_bands
 from mematte_hf.predictor import place_model
 from tests.fixtures import convert_case, load_case, requires_fixtures
 from tests.test_mixed_precision import CLEAR_MARGIN, TOLERANCES
@@ -52,6 +53,17 @@ def test_every_plan_gives_the_cpu_plan_alphas(model, plan):
     torch.testing.assert_close(actual.alphas, expected.alphas, atol=1e-5, rtol=0)
     for mask, expected_mask in zip(actual.routing_masks, expected.routing_masks, strict=True):
         assert torch.equal(mask, expected_mask)
+
+
+@pytest.mark.parametrize("pixels, window_bands", [(3840, 1), (4000, 1), (4096, 2)])
+def test_gpu_plan_bands_are_what_its_comment_says(pixels, window_bands):
+    # GPU_EXECUTION's comment: one band for the whole grid up to 4000 px; at 4096 px the MLPs in one band and the
+    # window blocks in two (their bands hold whole 14-token windows: 252 rows, then 4).
+    grid = padded_size(pixels, pixels)[0] // 16
+    assert len(row_bands(grid, grid, 1, GPU_EXECUTION.band_tokens)) == 1
+    assert [band.stop - band.start for band in row_bands(grid, grid, 14, GPU_EXECUTION.band_tokens)] == (
+        [grid] if window_bands == 1 else [252, grid - 252]
+    )
 
 
 @pytest.mark.slow
