@@ -1,6 +1,6 @@
 """The landed MEMatte against the working tree on the CPU: latency, peak memory and alphas, side by side.
 
-The landed package (commit c43c317 by default) is unpacked with `git archive` into a temporary folder (the
+The landed package (commit d3dd05f by default, main before issue 14) is unpacked with `git archive` into a temporary folder (the
 working tree, the index and HEAD stay as they are). One set of random ViT-S weights, its routers calibrated to
 route 25 % of a 1024 px input's tokens (`mematte_hf.calibration.set_routed_fraction`), is saved once with
 `save_pretrained`; each version loads it with its own `MEMatteForImageMatting.from_pretrained` in a fresh
@@ -13,7 +13,7 @@ medians over the rounds are compared.
     python benchmarks/compare_landed.py                  # 1024 px, 3 rounds
     python benchmarks/compare_landed.py --threads 1 --rounds 5
 
-Targets (issue 9): latency <= 1.10x, peak <= 1.15x the landed version, alphas within 1e-4.
+Targets (issues 9 and 14): latency <= 1.10x, peak <= 1.15x the landed version, alphas within 1e-4.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def run_version(source: Path, folder: Path, name: str, round_index: int, args: a
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--landed", default="c43c317", help="commit of the landed version")
+    parser.add_argument("--landed", default="d3dd05f", help="commit of the landed version")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3, help="fresh processes per version, alternating")
     parser.add_argument("--repeats", type=int, default=3, help="warm forwards timed per process")
