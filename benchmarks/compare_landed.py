@@ -1,10 +1,10 @@
 """The landed MEMatte against the working tree on the CPU: latency, peak memory and alphas, side by side.
 
-The landed package (commit d3dd05f by default, main before issue 14) is unpacked with `git archive` into a temporary folder (the
-working tree, the index and HEAD stay as they are). One set of random ViT-S weights, its routers calibrated to
-route 25 % of a 1024 px input's tokens (`mematte_hf.calibration.set_routed_fraction`), is saved once with
-`save_pretrained`; each version loads it with its own `MEMatteForImageMatting.from_pretrained` in a fresh
-process (PYTHONPATH pointing at its source), copies the weights out of the file mapping, and runs the same input
+The landed package (commit d3dd05f by default: main before issue 14) is unpacked with `git archive` into a
+temporary folder (the working tree, the index and HEAD stay as they are). One set of random ViT-S weights, its
+routers calibrated to route 25 % of a 1024 px input's tokens (`mematte_hf.calibration.set_routed_fraction`), is
+saved once with `save_pretrained`; each version loads it with its own `MEMatteForImageMatting.from_pretrained` in a
+fresh process (PYTHONPATH pointing at its source), copies the weights out of the file mapping, and runs the same input
 with the config's defaults. Per process: the first forward is cold and gives the peak memory (peak resident set
 above the resident set before it, the peak reset through /proc/self/clear_refs); the median of `--repeats` warm
 forwards is the latency. The versions alternate over `--rounds` rounds (fresh processes each time) and the
