@@ -282,6 +282,33 @@ class MEMatteLayerNorm2d(nn.LayerNorm):
         return F.layer_norm(hidden_state, self.normalized_shape, weight, bias, self.eps).permute(0, 3, 1, 2)
 
 
+class MEMattePatchProjection(nn.Conv2d):
+    """The patch embedding's convolution (kernel = stride, no padding: each output is one patch's dot product),
+    with transformers' parameter names. For bfloat16 inputs on a CPU it runs as a matrix product over the patches:
+    oneDNN's bfloat16 convolution for this shape (torch 2.13 on AVX-512 CPUs) returns values off by their own
+    magnitude, which turned every bfloat16 forward on a CPU into a different model. The sums are the same."""
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.device.type != "cpu" or pixel_values.dtype != torch.bfloat16:
+            return super().forward(pixel_values)
+        batch_size, channels, height, width = pixel_values.shape
+        patch_height, patch_width = self.kernel_size
+        patches = pixel_values.reshape(
+            batch_size, channels, height // patch_height, patch_height, width // patch_width, patch_width
+        )
+        patches = patches.permute(0, 2, 4, 1, 3, 5).flatten(3)  # (batch_size, rows, columns, C * patch area)
+        return F.linear(patches, self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+
+
+def as_patch_projection(embeddings: VitDetEmbeddings) -> VitDetEmbeddings:
+    """Swap the embeddings' convolution for `MEMattePatchProjection` (same parameters, same maths)."""
+    old = embeddings.projection
+    embeddings.projection = MEMattePatchProjection(
+        old.in_channels, old.out_channels, kernel_size=old.kernel_size, stride=old.stride, bias=old.bias is not None
+    )
+    return embeddings
+
+
 def use_float32_statistics(residual: VitDetResBottleneckBlock) -> VitDetResBottleneckBlock:
     """Swap the residual block's channels-first norms for `MEMatteLayerNorm2d` (same parameters, same maths)."""
     for name in ("norm1", "norm2", "norm3"):
@@ -667,7 +694,7 @@ class MEMatteBackbone(nn.Module):
         super().__init__()
         vitdet_config = config.to_vitdet_config()
         self.config = config
-        self.embeddings = VitDetEmbeddings(vitdet_config)
+        self.embeddings = as_patch_projection(VitDetEmbeddings(vitdet_config))
         drop_path_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
         layers = []
         for index, drop_path_rate in enumerate(drop_path_rates):

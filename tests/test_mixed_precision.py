@@ -50,6 +50,18 @@ def test_half_precision_keeps_routing_and_alpha(fixture_case, dtype):
         assert output.router_log_probs[index].dtype == torch.float32
 
 
+def test_bfloat16_patch_embedding_on_a_cpu_equals_float32():
+    # oneDNN's bfloat16 convolution of this shape (4 channels, 16 x 16, stride 16) is wrong on AVX-512 CPUs with
+    # torch 2.13: off by the output's own magnitude.
+    model = tiny_model(seed=23)
+    pixel_values = random_inputs(1, 96, 128, seed=23)
+    with torch.inference_mode():
+        reference = model.backbone.embeddings(pixel_values)
+        half = place_model(model, torch.device("cpu"), torch.bfloat16)
+        embedded = half.backbone.embeddings(pixel_values.bfloat16())
+    torch.testing.assert_close(embedded.float(), reference, atol=0.05, rtol=0.02)
+
+
 def test_float16_does_not_overflow_with_large_activations():
     model = tiny_model(seed=21)
     with torch.no_grad():  # activations of about 1.5e4: VitDetLayerNorm's (x - mean)^2 would overflow float16
