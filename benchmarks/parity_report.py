@@ -3,12 +3,14 @@
     python benchmarks/parity_report.py                                   # float32 on the CPU, every case
     python benchmarks/parity_report.py --dtypes float16 bfloat16 --cases tiny_direct tiny_cap tiny_pad32
     python benchmarks/parity_report.py --device cuda --dtypes float32 float16 bfloat16
+    python benchmarks/parity_report.py --dtypes float16 bfloat16 --executions cpu gpu --cases tiny_direct
 
 Each case is converted with `mematte convert` (heads and cap from meta.json, an untiled decoder where the
 upstream run used none), then run through the saved image processor and the model loaded with
 `from_pretrained(..., dtype=...)`, as a user would (and as `tests/test_parity.py` does). Reported: alpha_raw max and
 mean |difference|, backbone features max |difference|, routing decisions that differ per router, and how many of
-those upstream decided by a margin |logp[0] - logp[1]| above 0.05 ("clear").
+those upstream decided by a margin |logp[0] - logp[1]| above 0.05 ("clear"). `--executions` runs each execution
+plan (default: the device's), which must agree in every precision.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def convert(case_dir: Path, work_dir: Path) -> Path:
     )
 
 
-def report(case_dir: Path, folder: Path, dtype: torch.dtype, device: torch.device) -> str:
+def report(case_dir: Path, folder: Path, dtype: torch.dtype, device: torch.device, execution: str | None = None) -> str:
     meta = json.loads((case_dir / "meta.json").read_text())
     model = AutoModelForImageMatting.from_pretrained(folder, dtype=dtype).to(device).eval()
     processor = AutoImageProcessor.from_pretrained(folder)
@@ -50,7 +52,7 @@ def report(case_dir: Path, folder: Path, dtype: torch.dtype, device: torch.devic
     trimap = Image.open(case_dir / "trimap.png").convert("L")
     pixel_values = processor(images=image, trimaps=trimap, return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
-        output = model(pixel_values.to(device=device, dtype=dtype))
+        output = model(pixel_values.to(device=device, dtype=dtype), execution=execution)
     expected = np.load(case_dir / "expected.npz")
     height, width = meta["image_size_hw"]
     alpha = np.abs(output.alphas[0, 0, :height, :width].float().cpu().numpy() - expected["alpha_raw"])
@@ -62,7 +64,8 @@ def report(case_dir: Path, folder: Path, dtype: torch.dtype, device: torch.devic
         flipped.append(int(differs.sum()))
         clear.append(int((differs & (np.abs(log_probs[..., 0] - log_probs[..., 1]) > CLEAR_MARGIN)).sum()))
     return (
-        f"{case_dir.name} {device.type} {str(dtype).removeprefix('torch.')}: alpha_raw max {alpha.max():.2g} "
+        f"{case_dir.name} {device.type} {str(dtype).removeprefix('torch.')} plan {execution or device.type}: "
+        f"alpha_raw max {alpha.max():.2g} "
         f"mean {alpha.mean():.2g}, backbone_features {features:.2g}, routing decisions differing per router "
         f"{flipped} (clear: {clear}), token grid {tuple(output.routing_masks[0].shape[1:])}"
     )
@@ -74,6 +77,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["float32"])
     parser.add_argument("--cases", nargs="+", help="case folder names (default: every case)")
+    parser.add_argument("--executions", nargs="+", choices=["cpu", "gpu"], default=[None], help="execution plans")
     args = parser.parse_args()
     case_dirs = sorted(path for path in args.fixtures.iterdir() if path.is_dir())
     if args.cases:
@@ -82,7 +86,8 @@ def main() -> None:
         for case_dir in case_dirs:
             folder = convert(case_dir, Path(work_dir))
             for name in args.dtypes:
-                print(report(case_dir, folder, DTYPES[name], torch.device(args.device)), flush=True)
+                for execution in args.executions:
+                    print(report(case_dir, folder, DTYPES[name], torch.device(args.device), execution), flush=True)
 
 
 if __name__ == "__main__":
