@@ -102,6 +102,17 @@ def add_existing_output_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_outputs(text: str, known: tuple[str, ...]) -> list[str]:
+    """--save: a comma-separated list of known output kinds, each once."""
+    from ..errors import InputError
+
+    kinds = list(dict.fromkeys(kind.strip() for kind in text.split(",") if kind.strip()))
+    unknown = [kind for kind in kinds if kind not in known]
+    if unknown or not kinds:
+        raise InputError(f"--save takes a comma-separated list of {', '.join(known)}; got {text!r}")
+    return kinds
+
+
 def require_text_model(args: argparse.Namespace) -> None:
     """The same rule in `predict` and `video`: --text needs --text-model (no silent default detector)."""
     from ..errors import InputError

@@ -24,6 +24,7 @@ from .options import (
     check_device,
     check_output_folder,
     number_in,
+    parse_outputs,
     require_text_model,
 )
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..output_keys import OutputManifest
 
-    outputs = parse_outputs(args.save)
+    outputs = parse_outputs(args.save, OUTPUT_KINDS)
     cap = parse_cap(args.max_global_tokens)
     use_text = check_prompt_arguments(args)
     check_output_folder(args.output)
@@ -218,17 +219,6 @@ def load_text_segmenter(args: argparse.Namespace):
         reason = " ".join(str(error).split()) or type(error).__name__
         raise InputError(f"could not load the text model {args.text_model!r} (or SAM {args.sam_model!r}): "
                          f"{reason}") from None  # fmt: skip
-
-
-def parse_outputs(text: str, known: tuple[str, ...] = OUTPUT_KINDS) -> list[str]:
-    """--save: a comma-separated list of known output kinds, each once."""
-    from ..errors import InputError
-
-    kinds = list(dict.fromkeys(kind.strip() for kind in text.split(",") if kind.strip()))
-    unknown = [kind for kind in kinds if kind not in known]
-    if unknown or not kinds:
-        raise InputError(f"--save takes a comma-separated list of {', '.join(known)}; got {text!r}")
-    return kinds
 
 
 def parse_cap(text: str | None) -> int | str | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 
 from ..video_io import DEFAULT_TRACKER, OUTPUT_KINDS
 from .options import (
@@ -27,6 +28,7 @@ from .options import (
     check_device,
     check_output_folder,
     number_in,
+    parse_outputs,
     require_text_model,
 )
 
@@ -77,15 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .predict import parse_outputs
-
     save = parse_outputs(args.save, OUTPUT_KINDS)
-    prompts = parse_prompts(args)
     require_text_model(args)
     check_output_folder(Path(args.output))
     check_background(args.background)
+    prompts = parse_prompts(args)
     check_device(args.device)
     from tqdm.auto import tqdm
 
@@ -125,11 +123,13 @@ def run(args: argparse.Namespace) -> int:
 
 def parse_prompts(args: argparse.Namespace):
     """The prompts of the command line, checked against the video before any model loads."""
-    from ..errors import InputError
-    from ..tracking import FramePrompt
     from ..video_io import probe_video
 
-    info = probe_video(args.input)
+    info = probe_video(args.input)  # first: a missing or unreadable file is one line, before torch loads
+
+    from ..errors import InputError
+    from ..tracking import FramePrompt
+
     default_frame = args.start
     prompts = []
     for text, label in [(text, 1) for text in args.point] + [(text, 0) for text in args.bg_point]:
@@ -146,11 +146,15 @@ def parse_prompts(args: argparse.Namespace):
         prompts.append(FramePrompt(frame, text=phrase.strip()))
     if not prompts:
         raise InputError('give the object on the first frame: --point X,Y, --box X0,Y0,X1,Y1 or --text "..."')
-    from ..video import check_prompts, check_range
+    from ..output_keys import refuse_inputs_as_outputs
+    from ..video import check_prompts, check_range, output_paths
 
     end = info.frame_count if args.end is None else args.end
     check_range(info, args.start, end)  # one clear line before minutes of model loading
     check_prompts(prompts, info, args.start, end)
+    outputs = output_paths(info, Path(args.output), parse_outputs(args.save, OUTPUT_KINDS))
+    backgrounds = [Path(args.background)] if Path(args.background).is_file() else []
+    refuse_inputs_as_outputs(list(outputs.values()), [info.path, *backgrounds])
     return prompts
 
 
