@@ -1,11 +1,14 @@
 """Matte a video: prompt the object on a key frame; its mask is tracked through the clip and matted with MEMatte.
 
 Outputs go into --output: alpha.mkv (16-bit lossless FFV1), rgba.mov (PNG codec, with alpha), composite.mp4
-(H.264, over --background), or PNG sequences (alpha_png/, rgba_png/), at the source's frame rate with its audio.
-An interrupted run resumes from the last batch of frames written when run again with the same arguments.
+(H.264 4:2:0, over --background), or PNG sequences (alpha_png/, rgba_png/): upright (a phone clip's rotation is
+applied), each frame at its source time, with the source's audio (re-encoded to AAC where the container cannot
+carry it). An interrupted run resumes from the last batch of frames written when run again with the same
+arguments; outputs another run made (other prompts or settings) stop the run before any work unless -y
+(overwrite) or -n (keep them) says otherwise. No output may replace an input.
 
-Prompts take an optional @FRAME (default: the first frame matted); prompts on later frames re-key the tracker
-from that frame on:
+Prompts are in the picture as players show it, and take an optional @FRAME (default: the first frame matted);
+prompts on later frames re-key the tracker from that frame on:
 
   mematte video clip.mp4 --output out --point 640,360 --bg-point 100,80 --save alpha,composite
   mematte video clip.mp4 --output out --box 400,200,900,700 --point 700,420@120
