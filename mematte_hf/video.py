@@ -216,9 +216,11 @@ class VideoMatter:
             self.tracker.load_state_dict(state["tracker"])
             state = self._matting_pass(info, work, prompts, state, report, progress_bar, say)
         report.frames = state["end"] - start
-        made = self._encoding_pass(info, output_dir, work, to_make, start, state["end"], background, report,
-                                   progress_bar)  # fmt: skip
-        OutputManifest(output_dir, MANIFEST).record(list(made.values()), key)
+        manifest = OutputManifest(output_dir, MANIFEST)
+        # Each output is recorded as soon as it is complete: a run killed between two outputs resumes with the
+        # finished ones reused, not refused as another run's.
+        self._encoding_pass(info, output_dir, work, to_make, start, state["end"], background, report, progress_bar,
+                            lambda path: manifest.record([path], key))  # fmt: skip
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
         return report
@@ -315,7 +317,7 @@ class VideoMatter:
     # ------------------------------------------------------------------------------------------------------
     # pass 2: encoding
 
-    def _encoding_pass(self, info, output_dir, work, save, start, end, background, report, progress_bar):
+    def _encoding_pass(self, info, output_dir, work, save, start, end, background, report, progress_bar, done):
         writers = _open_writers(info, output_dir, save, start, end)
         backgrounds = _backgrounds(background, start) if "composite" in save else None
         needs_foreground = any(kind in save for kind in ("rgba", "rgba_png", "composite"))
@@ -335,7 +337,10 @@ class VideoMatter:
                 if bar is not None:
                     bar.update(1)
             with _timer(report.seconds, "encode"):
-                outputs = {kind: writer.close() for kind, writer in writers.items()}
+                outputs = {}
+                for kind, writer in writers.items():
+                    outputs[kind] = writer.close()
+                    done(outputs[kind])
         except BaseException:
             for writer in writers.values():
                 writer.abort()

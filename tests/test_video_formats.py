@@ -187,6 +187,21 @@ def test_a_rerun_reuses_its_own_outputs_and_refuses_another_runs(predictor, tmp_
     assert not (out / "composite.mp4").exists()  # made from the other prompt: removed with the overwrite
 
 
+def test_a_run_killed_between_two_outputs_resumes_without_a_refusal(predictor, tmp_path):
+    import json
+
+    source = write_clip(tmp_path / "clip.mp4", frames=4)
+    out = tmp_path / "out"
+    matter(predictor).matte(source, out, centre_prompt(), save=("alpha", "composite"))
+    # as if killed after alpha.mkv was complete and before composite.mp4 was
+    (out / "composite.mp4").unlink()
+    keys = json.loads((out / ".mematte-video.json").read_text())
+    del keys["composite.mp4"]
+    (out / ".mematte-video.json").write_text(json.dumps(keys))
+    report = matter(predictor).matte(source, out, centre_prompt(), save=("alpha", "composite"))
+    assert report.reused == ["alpha"] and (out / "composite.mp4").is_file()
+
+
 @pytest.mark.parametrize("setting", ["dtype", "max_global_tokens", "decoder_tile_size"])
 def test_the_key_holds_the_precision_the_cap_and_the_tile(predictor, tmp_path, setting):
     from mematte_hf.predictor import MEMattePredictor
