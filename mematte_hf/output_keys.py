@@ -38,6 +38,8 @@ def predictor_settings(predictor: Any) -> dict[str, Any]:
         "max_global_tokens": predictor.max_global_tokens,
         "memory_budget": predictor.memory_budget if predictor.max_global_tokens == "auto" else None,
         "decoder_tile_size": predictor.decoder_tile_size,
+        # a per-call routing mode, where the predictor has one (the checkpoint's default is in model_config)
+        "routing_mode": getattr(predictor, "routing_mode", None),
     }
 
 

@@ -69,13 +69,17 @@ def make_clip(path: Path, frames: int = FRAMES, width: int = WIDTH, height: int 
                 tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
                 chunk = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
                 chunk.sample_rate, chunk.pts = SAMPLE_RATE, index * samples_per_frame
-                for packet in sound.encode(chunk):
-                    container.mux(packet)
+                encode(container, sound, chunk)
         for stream in (video, sound):
             if stream is not None:
-                for packet in stream.encode():
-                    container.mux(packet)
+                encode(container, stream, None)  # flush
     return path
+
+
+def encode(container, stream, frame) -> None:
+    """Encode one frame (None: flush the encoder) and mux what comes out."""
+    for packet in stream.encode(frame):
+        container.mux(packet)
 
 
 def tiny_tracker_model(seed: int = 0, image_size: int = 64):

@@ -15,6 +15,8 @@ from mematte_hf.tracking import FramePrompt, MaskProviderTracker
 from mematte_hf.video import VideoMatter
 from mematte_hf.video_io import first_frame, probe_video, read_frames
 
+from .test_video import encode
+
 WIDTH, HEIGHT, FRAMES, RATE = 64, 48, 12, 24
 SAMPLE_RATE = 48000
 
@@ -67,8 +69,7 @@ def write_clip(
             tone = np.repeat(tone, 2 if layout == "stereo" else 1, axis=0)
             chunk = av.AudioFrame.from_ndarray(tone, format="fltp", layout=layout)
             chunk.sample_rate, chunk.pts = SAMPLE_RATE, round(offset * SAMPLE_RATE)
-            for packet in sound.encode(chunk):
-                container.mux(packet)
+            encode(container, sound, chunk)
         input_format = "rgba" if "a" in pixel_format.replace("yuv", "") else "rgb24"
         for index, time in enumerate(times):
             rgb = picture(index, width, height)
@@ -76,12 +77,10 @@ def write_clip(
                 rgb = np.dstack([rgb, np.full((height, width), 128, np.uint8)])
             frame = av.VideoFrame.from_ndarray(rgb, format=input_format)
             frame.pts, frame.time_base = round((time + offset) / time_base), time_base
-            for packet in video.encode(frame):
-                container.mux(packet)
+            encode(container, video, frame)
         for stream in (video, sound):
             if stream is not None:
-                for packet in stream.encode():
-                    container.mux(packet)
+                encode(container, stream, None)  # flush
     return path
 
 
