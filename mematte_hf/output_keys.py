@@ -87,9 +87,10 @@ def refuse_other_runs_outputs(others: list[Path], existing: str) -> None:
     if existing != "refuse" or not others:
         return
     shown = ", ".join(str(path) for path in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+    verb = "exists" if len(others) == 1 else "exist"
     raise InputError(
-        f"{shown} already exist(s), made from other inputs or settings; pass -y/--overwrite to redo them or "
-        "-n/--skip-existing to keep them (or choose another --output)"
+        f"{shown} already {verb}, made from other inputs or settings; pass -y/--overwrite to redo or "
+        "-n/--skip-existing to keep what exists (or choose another --output)"
     )
 
 
