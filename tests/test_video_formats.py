@@ -217,6 +217,27 @@ def test_the_key_holds_the_precision_the_cap_and_the_tile(predictor, tmp_path, s
         predictor.model.float()  # the bfloat16 predictor shares (and casts) the model
 
 
+def test_work_made_with_another_cap_is_not_spliced_into_a_resumed_run(predictor, tmp_path):
+    from mematte_hf.predictor import MEMattePredictor
+
+    source = write_clip(tmp_path / "clip.mp4", frames=4)
+    out = tmp_path / "out"
+
+    def run_with(cap) -> int | None:
+        """Matte with this cap into `out`, keeping the work folder and dropping the finished outputs (as if the
+        run was stopped before encoding); return the frame it resumed at."""
+        chosen = MEMattePredictor(predictor.model, predictor.processor, device="cpu", max_global_tokens=cap)
+        report = matter(chosen).matte(
+            source, out, centre_prompt(), save=("alpha",), keep_work=True, existing="overwrite"
+        )
+        (out / "alpha.mkv").unlink()
+        return report.resumed_from
+
+    assert run_with(None) is None
+    assert run_with(None) == 4  # the same job: its frames are reused
+    assert run_with(7) is None  # another cap: started over, not spliced
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 3. checks before the work
 
