@@ -159,6 +159,8 @@ def test_predict_with_text_mattes_a_folder_and_reports_what_matched_nothing(fold
                str(folders["sam"]), "--model", str(folders["mematte"]), "--output", str(tmp_path / "out"),
                "--device", "cpu", "--save", "alpha,rgba"]  # fmt: skip
     assert main([*command, "--text-threshold", str(min(scores) - 1e-3)]) == 0, capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert all(f"photo{index}: --text chose" in said and "(score " in said for index in range(3))  # box and score
     outputs = sorted((tmp_path / "out").glob("*.png"))
     assert [path.name for path in outputs] == [f"photo{i}_{kind}.png" for i in range(3) for kind in ("alpha", "rgba")]
     for index, size in enumerate([(120, 160), (150, 110), (90, 130)]):
