@@ -1,15 +1,18 @@
 """The `mematte` command: one sub-command per module in `mematte_hf.commands`.
 
 Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`, and imports
-torch and other heavy libraries inside `run`, so that `mematte --help` stays instant.
+torch and other heavy libraries inside `run`, so that `mematte --help`, `--version` and argument errors are
+instant (tests/test_cli_startup.py keeps it so).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from . import __version__
 from .errors import MEMatteError
 
 COMMANDS = ("convert", "predict", "evaluate", "train", "push", "video")
@@ -17,6 +20,7 @@ COMMANDS = ("convert", "predict", "evaluate", "train", "push", "video")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mematte", description="MEMatte image matting for Hugging Face.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"mematte_hf.commands.{name}")
@@ -27,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .commands.options import negative_values_as_values
+    from .commands.video import PROMPT_OPTIONS
+
+    argv = negative_values_as_values(list(sys.argv[1:] if argv is None else argv), PROMPT_OPTIONS)
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
@@ -41,11 +49,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
-    """transformers' per-load progress bars and backend notices drown the command's own output."""
-    from transformers.utils import logging
+    """transformers' per-load progress bars and backend notices drown the command's own output. Said through
+    the environment, so that transformers (and torch) are imported only when a command needs them."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (e.g. main() called from Python): tell it directly
+        from transformers.utils import logging
 
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
+        logging.disable_progress_bar()
+        logging.set_verbosity_error()
 
 
 if __name__ == "__main__":

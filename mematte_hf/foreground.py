@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as nnf
-from PIL import Image, ImageColor
+from PIL import Image
 
+from .colours import parse_colour
+from .devices import resolve_device
 from .errors import InputError
 from .image_io import ImageSource, alpha_to_float, load_image, load_image_float
 
@@ -113,7 +115,7 @@ def _estimate(
     with_background: bool = False,
 ) -> torch.Tensor:
     """The full solve on ``device``: (3, H, W) foreground, or (6, H, W) foreground stacked on background."""
-    target = _device(device)
+    target = resolve_device(device)
     image_t, alpha_t = _image_and_alpha_tensors(image, alpha, target)
     solution = _solve_pyramid(image_t, alpha_t, solver)
     # The compositing equation fixes F = I where alpha == 1 and B = I where alpha == 0 exactly;
@@ -339,19 +341,6 @@ def _solve_pixels(
     background.addcmul_(rhs_foreground, i01, value=-1)
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    """The requested device, or CUDA when available and the CPU otherwise; refuse devices we lack."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"device {device!r} is not a device name; use 'cpu' or 'cuda'") from exc
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
-    return target
-
-
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     """(3, H, W) tensor -> (H, W, 3) float32 numpy array in [0, 1], a fresh one that owns its memory.
 
@@ -461,15 +450,8 @@ def _background(background: tuple[int, int, int] | str | ImageSource, height: in
 
 
 def _colour_string(text: str) -> np.ndarray:
-    """'#rrggbb' (or any colour Pillow knows: '#rgb', 'white', 'rgb(0, 128, 255)') as (3,) floats."""
-    try:
-        red, green, blue = ImageColor.getrgb(text)[:3]
-    except ValueError as exc:
-        raise InputError(
-            f"background colour {text!r} is neither a colour ('#rrggbb' or a name such as 'white') "
-            "nor an existing image file"
-        ) from exc
-    return np.array([red, green, blue], dtype=np.float32) / 255
+    """'#rrggbb' (or '#rgb', a name such as 'white', 'rgb(0, 128, 255)') as (3,) floats in [0, 1]."""
+    return np.array(parse_colour(text, what="background colour"), dtype=np.float32) / 255
 
 
 def _colour_tuple(colour: tuple | list) -> np.ndarray:

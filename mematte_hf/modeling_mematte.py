@@ -1000,7 +1000,7 @@ class MEMatteForImageMatting(MEMattePreTrainedModel):
     Example:
 
     ```python
-    >>> import mematte_hf  # registers "mematte" with the Auto classes
+    >>> from mematte_hf import MEMatteForImageMatting  # loading a class registers "mematte" with the Auto classes
     >>> from transformers import AutoImageProcessor, AutoModelForImageMatting
     >>> model = AutoModelForImageMatting.from_pretrained("path/to/mematte")
     >>> processor = AutoImageProcessor.from_pretrained("path/to/mematte")

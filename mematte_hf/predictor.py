@@ -150,9 +150,10 @@ class MEMattePredictor:
         """Load a MEMatte folder or Hub id (model and image processor) and wrap it."""
         from transformers import AutoModelForImageMatting
 
+        from . import register_auto_classes
         from .convert import load_image_processor
 
-        # Importing this package registered "mematte" with the Auto classes.
+        register_auto_classes()  # "mematte" with the Auto classes (import mematte_hf alone is torch-free)
         model_id_or_path = str(model_id_or_path)
         try:
             model = AutoModelForImageMatting.from_pretrained(model_id_or_path)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import CheckpointError, InputError
+from .video_io import DEFAULT_TRACKER
 
 __all__ = [
     "DEFAULT_TRACKER",
@@ -37,7 +38,6 @@ __all__ = [
     "resolve_text_prompt",
 ]
 
-DEFAULT_TRACKER = "facebook/sam2.1-hiera-tiny"
 #: ``config.model_type`` -> transformers (model, inference session) class names. Image checkpoints of the same
 #: family load into the video model (same weights).
 TRACKER_TYPES = {
@@ -285,26 +285,49 @@ class Sam2VideoTracker:
                     del inputs[index]
 
 
-def resolve_text_prompt(prompt: FramePrompt, frame: np.ndarray, text_model: Any) -> FramePrompt:
+def resolve_text_prompt(
+    prompt: FramePrompt, frame: np.ndarray, text_model: Any, report: Callable[[str], None] | None = None
+) -> FramePrompt:
     """Turn ``prompt.text`` into a box (a detector's best box) or a mask (SAM 3) found on ``frame``.
 
-    ``text_model`` is what :func:`mematte_hf.text_prompts.load_text_model` returns. Raises the text module's
-    ``NothingFoundError`` when nothing on the key frame matches.
+    ``text_model`` is what :func:`mematte_hf.text_prompts.load_text_model` returns. ``report`` (optional) is
+    called with one line saying what the text chose (box and score). Raises the text module's
+    ``NothingFoundError``, in the words of frames and flags, when nothing on the key frame matches.
     """
-    from .text_prompts import TextDetector, _nothing_found, split_phrases
+    from .text_prompts import NothingFoundError, TextDetector
 
     if not prompt.text:
         return prompt
     if isinstance(text_model, TextDetector):
         found = text_model.detect(frame, prompt.text)
         if not len(found):
-            raise _nothing_found(split_phrases(prompt.text), text_model.threshold)
+            raise NothingFoundError(_nothing_on_frame(prompt, text_model.threshold))
         box = tuple(float(v) for v in found.boxes[0])
+        if report is not None:
+            report(f"frame {prompt.frame}: --text {prompt.text!r} chose the box {_box_words(box)} "
+                   f"(score {float(found.scores[0]):.2f})")  # fmt: skip
         return FramePrompt(prompt.frame, prompt.points, prompt.labels, box, prompt.mask, None)
-    mask = text_model.segment(frame, prompt.text).mask
-    if not mask.any():
-        raise _nothing_found(split_phrases(prompt.text), text_model.threshold)
-    return FramePrompt(prompt.frame, prompt.points, prompt.labels, None, mask, None)
+    found = text_model.segment(frame, prompt.text)
+    if not found.mask.any():
+        raise NothingFoundError(_nothing_on_frame(prompt, text_model.threshold))
+    if report is not None and len(found.detections):
+        best = int(np.argmax(found.detections.scores))
+        report(f"frame {prompt.frame}: --text {prompt.text!r} chose {len(found.detections)} instance(s), the best "
+               f"in the box {_box_words(found.detections.boxes[best])} (score "
+               f"{float(found.detections.scores[best]):.2f})")  # fmt: skip
+    return FramePrompt(prompt.frame, prompt.points, prompt.labels, None, found.mask, None)
+
+
+def _nothing_on_frame(prompt: FramePrompt, threshold: float) -> str:
+    return (
+        f"nothing on frame {prompt.frame} matches --text {prompt.text!r} (no detection scored {threshold:g} or "
+        f"more): describe it differently, lower --text-threshold, or mark it with --point X,Y@{prompt.frame} or "
+        f"--box X0,Y0,X1,Y1@{prompt.frame}"
+    )
+
+
+def _box_words(box) -> str:
+    return ",".join(f"{float(value):.0f}" for value in box)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

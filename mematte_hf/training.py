@@ -589,6 +589,10 @@ def _load_pretrained(kind: str, name: str, loader: Any, **kwargs: Any) -> Any:
 def _model_type(name: str) -> str:
     from transformers import AutoConfig
 
+    from . import register_auto_classes
+
+    register_auto_classes()  # a MEMatte config.json needs "mematte" registered with AutoConfig
+
     config = _load_pretrained("model config", name, AutoConfig.from_pretrained)
     return config.model_type
 

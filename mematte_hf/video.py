@@ -19,8 +19,14 @@ Two passes over the clip, each streaming one batch of frames at a time:
    the alpha inside the band, and write each alpha as a 16-bit PNG into a work folder in the output folder.
    After each batch the tracker's (pruned) memory and the next frame index are saved there, so an interrupted
    run resumes from the last batch written and gives the same result as an uninterrupted one.
-2. Encoding: decode the clip again alongside the alpha PNGs and encode the requested outputs at the source's
-   frame rate, copying its audio, each into a temporary file renamed into place when complete.
+2. Encoding: decode the clip again alongside the alpha PNGs and encode the requested outputs, each frame at
+   its source time, with the source's audio (re-encoded to AAC where a container cannot carry it), each into a
+   temporary file renamed into place when complete.
+
+Every check that can run before the work runs before it (prompts, range, outputs, background, inputs that an
+output would overwrite, outputs another run made). Each output is keyed on everything that changes it
+(:mod:`mematte_hf.output_keys`): a rerun reuses outputs with the same key, and ``existing`` says what to do with
+the others.
 """
 
 from __future__ import annotations
@@ -40,15 +46,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from .colours import parse_colour
 from .errors import InputError
 from .image_io import alpha_to_uint16
+from .output_keys import (
+    OutputManifest,
+    file_digest,
+    job_key,
+    predictor_settings,
+    refuse_inputs_as_outputs,
+    refuse_other_runs_outputs,
+    text_model_settings,
+)
 from .tracking import FramePrompt, MaskTracker, resolve_text_prompt
 from .trimap import FOREGROUND, UNKNOWN, default_band_width, mask_to_trimap
 from .video_io import (
+    OUTPUT_KINDS,
     VIDEO_FORMATS,
     PngSequenceWriter,
     VideoInfo,
     VideoWriter,
+    audio_plan,
     composite_suffix,
     probe_video,
     read_frames,
@@ -67,8 +85,6 @@ __all__ = [
     "steady_alpha",
 ]
 
-#: What :meth:`VideoMatter.matte` can write: videos, and PNG sequences (folders of numbered PNGs).
-OUTPUT_KINDS = ("alpha", "rgba", "composite", "alpha_png", "rgba_png")
 #: The stages timed in :attr:`VideoReport.seconds`.
 STAGES = ("decode", "tracking", "trimaps", "matting", "filter", "foreground", "encode")
 MAX_BATCH_SIZE = 8
@@ -77,6 +93,8 @@ CHUNK_FRAMES = 8
 WORK_FOLDER = ".mematte-work"
 _STATE_FILE = "state.pt"
 _JOB_FILE = "job.json"
+# The keys of the finished outputs in an output folder (beside them, so that it outlives the work folder).
+MANIFEST = ".mematte-video.json"
 # What a batch holds per pixel beside the forward: the RGB frame (3), mask (1), trimap (1), float alpha (4) and
 # the predictor's copies of the frame and trimap (4).
 _HELD_BYTES_PER_PIXEL = 13
@@ -94,6 +112,10 @@ class VideoReport:
     batch_size: int = 1
     frames_without_unknown: int = 0
     outputs: dict[str, Path] = field(default_factory=dict)
+    #: Outputs this run reused (made earlier by the same job) or kept (``existing="skip"``), not remade.
+    reused: list[str] = field(default_factory=list)
+    #: What the user should know about the run: a truncated source, re-encoded audio, a padded composite, ...
+    notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def frames_per_second(self, stage: str | None = None) -> float:
@@ -149,43 +171,81 @@ class VideoMatter:
         background: str | tuple[int, int, int] = "#00ff00",
         progress_bar: Callable[..., Any] | None = None,
         keep_work: bool = False,
+        existing: str = "refuse",
+        notify: Callable[[str], None] | None = None,
     ) -> VideoReport:
         """Matte frames ``start <= index < end`` of ``source`` into ``output_dir``; resume a stopped run.
 
         Args:
-            prompts: the key frames' prompts; the first must be on frame ``start``.
+            prompts: the key frames' prompts, in the upright picture players show; the first on frame ``start``.
             save: kinds among :data:`OUTPUT_KINDS`.
             background: the composite's background: a colour, an image file, or a video file (looped).
             progress_bar: e.g. ``tqdm.tqdm``: called as ``progress_bar(desc=, total=, initial=, unit="frame")``.
             keep_work: keep the work folder (alpha PNGs and tracker state) after the outputs are written.
+            existing: outputs in ``output_dir`` that another job made (other inputs, prompts or settings):
+                ``"refuse"`` (an error before any work), ``"overwrite"`` or ``"skip"`` (keep them). Outputs of
+                this same job are reused in every case.
+            notify: called with each note (also kept in :attr:`VideoReport.notes`) as soon as it is known.
         """
         info = probe_video(source)
         save = _check_outputs(save)
         end = info.frame_count if end is None else end
         check_range(info, start, end)
         prompts = check_prompts(list(prompts), info, start, end)
-        output_dir = Path(output_dir)
-        work = output_dir / WORK_FOLDER
+        output_dir = _check_output_folder(Path(output_dir))
+        paths = output_paths(info, output_dir, save)
+        refuse_inputs_as_outputs(list(paths.values()), [info.path, *_background_files(background)])
+        _check_background(background)
         report = VideoReport(frames=end - start, width=info.width, height=info.height, frame_rate=info.frame_rate)
+        say = _notifier(report, notify)
+        for note in source_notes(info, save, start, end):
+            say(note)
+        description = self._job_description(info, prompts, start, end)
+        key = job_key(description)
+        to_make = self._outputs_to_make(output_dir, info, paths, key, existing, report)
+        report.outputs = dict(paths)
+        if not to_make:
+            return report
+        work = output_dir / WORK_FOLDER
         report.batch_size = plan_batch_size(self.predictor, info.height, info.width, self.max_batch_size)
-        state = self._resume_state(work, info, prompts, start, end)
+        state = self._resume_state(work, key, description, start, end)
         if state["next_frame"] > start:
             report.resumed_from = state["next_frame"]
         report.frames_without_unknown = state["frames_without_unknown"]
         if state["next_frame"] < state["end"]:
             self.tracker.load_state_dict(state["tracker"])
-            state = self._matting_pass(info, work, prompts, state, report, progress_bar)
+            state = self._matting_pass(info, work, prompts, state, report, progress_bar, say)
         report.frames = state["end"] - start
-        report.outputs = self._encoding_pass(info, output_dir, work, save, start, state["end"], background, report,
-                                             progress_bar)  # fmt: skip
+        manifest = OutputManifest(output_dir, MANIFEST)
+        # Each output is recorded as soon as it is complete: a run killed between two outputs resumes with the
+        # finished ones reused, not refused as another run's.
+        self._encoding_pass(info, output_dir, work, to_make, start, state["end"], background, report, progress_bar,
+                            lambda path: manifest.record([path], key))  # fmt: skip
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
         return report
 
+    def _outputs_to_make(self, output_dir, info, paths, key, existing, report) -> list[str]:
+        """The requested kinds to (re)make; refuses, removes or keeps other jobs' outputs as ``existing`` says."""
+        manifest = OutputManifest(output_dir, MANIFEST)
+        ours = [kind for kind, path in paths.items() if manifest.made_by(path, key)]
+        # Every output name in the folder, requested or not: an older composite from another prompt next to a
+        # new alpha would mislead.
+        every = output_paths(info, output_dir, OUTPUT_KINDS)
+        others = [path for path in every.values() if path.exists() and not manifest.made_by(path, key)]
+        refuse_other_runs_outputs(others, existing)
+        kept = [kind for kind, path in paths.items() if path in others] if existing == "skip" else []
+        if existing == "overwrite":
+            for kind, path in every.items():
+                if kind not in paths and path.name in manifest.keys and path in others:
+                    _remove(path)  # ours, made by another job: it would no longer match the new outputs
+        report.reused = ours + kept
+        return [kind for kind in paths if kind not in report.reused]
+
     # ------------------------------------------------------------------------------------------------------
     # pass 1: tracking, trimaps, matting
 
-    def _matting_pass(self, info, work, prompts, state, report, progress_bar) -> dict[str, Any]:
+    def _matting_pass(self, info, work, prompts, state, report, progress_bar, say) -> dict[str, Any]:
         band = self.band_width if self.band_width is not None else default_band_width(info.height, info.width)
         by_frame = {prompt.frame: prompt for prompt in prompts}
         previous = None
@@ -199,7 +259,7 @@ class VideoMatter:
                 for index, frame in batch:
                     prompt = by_frame.get(index)
                     if prompt is not None and prompt.text:
-                        prompt = resolve_text_prompt(prompt, frame, self._text_model())
+                        prompt = resolve_text_prompt(prompt, frame, self._text_model(), report=say)
                     with _timer(report.seconds, "tracking"):
                         mask = self.tracker.track(index, frame, prompt)
                     with _timer(report.seconds, "trimaps"):
@@ -224,6 +284,8 @@ class VideoMatter:
             if bar is not None:
                 bar.close()
         if state["next_frame"] < state["end"]:  # the container promised more frames than it decoded
+            say(f"{info.path.name}: only frames {state['start']} to {state['next_frame'] - 1} could be decoded "
+                f"(of {state['start']} to {state['end'] - 1}); the outputs end there")  # fmt: skip
             state["end"] = state["next_frame"]
             _save_state(work, state)
         return state
@@ -255,7 +317,7 @@ class VideoMatter:
     # ------------------------------------------------------------------------------------------------------
     # pass 2: encoding
 
-    def _encoding_pass(self, info, output_dir, work, save, start, end, background, report, progress_bar):
+    def _encoding_pass(self, info, output_dir, work, save, start, end, background, report, progress_bar, done):
         writers = _open_writers(info, output_dir, save, start, end)
         backgrounds = _backgrounds(background, start) if "composite" in save else None
         needs_foreground = any(kind in save for kind in ("rgba", "rgba_png", "composite"))
@@ -270,11 +332,15 @@ class VideoMatter:
                     with _timer(report.seconds, "foreground"):
                         foreground = _foreground(frame, alpha16, self.predictor)
                 with _timer(report.seconds, "encode"):
-                    _write_outputs(writers, frame, alpha16, foreground, backgrounds)
+                    time = info.time_of(index) - info.time_of(start)  # each frame at its source time
+                    _write_outputs(writers, frame, alpha16, foreground, backgrounds, time)
                 if bar is not None:
                     bar.update(1)
             with _timer(report.seconds, "encode"):
-                outputs = {kind: writer.close() for kind, writer in writers.items()}
+                outputs = {}
+                for kind, writer in writers.items():
+                    outputs[kind] = writer.close()
+                    done(outputs[kind])
         except BaseException:
             for writer in writers.values():
                 writer.abort()
@@ -287,14 +353,14 @@ class VideoMatter:
     # ------------------------------------------------------------------------------------------------------
     # resuming
 
-    def _resume_state(self, work: Path, info: VideoInfo, prompts, start: int, end: int) -> dict[str, Any]:
-        """The saved state when the work folder belongs to this same job, else a fresh start."""
-        job = self._job_description(info, prompts, start, end)
+    def _resume_state(self, work: Path, key: str, description: dict[str, Any], start: int, end: int) -> dict[str, Any]:
+        """The saved state when the work folder belongs to this same job (same key), else a fresh start."""
+        job = {"key": key, "description": description}
         job_file, state_file = work / _JOB_FILE, work / _STATE_FILE
         if job_file.is_file() and state_file.is_file():
             try:
-                same_job = json.loads(job_file.read_text()) == job
-            except (OSError, ValueError):
+                same_job = json.loads(job_file.read_text()).get("key") == key
+            except (OSError, ValueError, AttributeError):
                 same_job = False
             if same_job:
                 state = torch.load(state_file, map_location="cpu", weights_only=True)
@@ -302,20 +368,20 @@ class VideoMatter:
                     return state
         shutil.rmtree(work, ignore_errors=True)
         (work / "alpha").mkdir(parents=True)
-        _atomic_write_text(job_file, json.dumps(job, indent=1))
+        _atomic_write_text(job_file, json.dumps(job, indent=1, default=str))
         return {"start": start, "end": end, "next_frame": start, "frames_without_unknown": 0, "tracker": {}}
 
     def _job_description(self, info: VideoInfo, prompts, start: int, end: int) -> dict[str, Any]:
         """Everything the alpha frames depend on: a saved run with another description is started over."""
-        stat = info.path.stat()
         return {
-            "source": [str(info.path.resolve()), stat.st_size, stat.st_mtime_ns],
+            "source": file_digest(info.path),
             "range": [start, end],
             "prompts": [_prompt_key(prompt) for prompt in prompts],
             "band_width": self.band_width,
             "temporal_smoothing": self.temporal_smoothing,
-            "model": str(getattr(self.predictor.config, "_name_or_path", "")),
+            "predictor": predictor_settings(self.predictor),
             "tracker": _tracker_key(self.tracker),
+            "text_model": text_model_settings(self.text_model) if any(prompt.text for prompt in prompts) else None,
         }
 
 
@@ -385,12 +451,24 @@ def _check_outputs(save: Iterable[str]) -> list[str]:
 
 def check_range(info: VideoInfo, start: int, end: int) -> None:
     if not 0 <= start < info.frame_count:
-        raise InputError(f"--start {start} is outside the clip, which has frames 0 to {info.frame_count - 1}")
+        raise InputError(
+            f"--start {start} is outside the clip, which has frames 0 to {info.frame_count - 1}{_truncation(info)}"
+        )
     if not start < end <= info.frame_count:
         raise InputError(
             f"--end {end} must be after --start {start} and at most the clip's {info.frame_count} frames "
-            "(the end frame itself is not included)"
+            f"(the end frame itself is not included){_truncation(info)}"
         )
+
+
+def _truncation(info: VideoInfo) -> str:
+    """The words that explain a short frame count: the file is truncated."""
+    if not info.truncated:
+        return ""
+    return (
+        f" (the file is truncated: only {info.frame_count} of the {info.declared_frames} frames its container "
+        "declares can be decoded)"
+    )
 
 
 def check_prompts(prompts: list[FramePrompt], info: VideoInfo, start: int, end: int) -> list[FramePrompt]:
@@ -404,7 +482,7 @@ def check_prompts(prompts: list[FramePrompt], info: VideoInfo, start: int, end: 
             where = "past the last frame" if prompt.frame > last else "outside the frames being matted"
             raise InputError(
                 f"a prompt is on frame {prompt.frame}, {where} (matting frames {start} to {end - 1} of 0 to {last}); "
-                "put it on a frame in that range"
+                f"put it on a frame in that range{_truncation(info)}"
             )
         for x, y in prompt.points + ([] if prompt.box is None else [prompt.box[:2], prompt.box[2:]]):
             if not (0 <= x <= info.width and 0 <= y <= info.height):
@@ -430,33 +508,108 @@ def check_prompts(prompts: list[FramePrompt], info: VideoInfo, start: int, end: 
 # helpers
 
 
+def output_paths(info: VideoInfo, output_dir: Path, save: Iterable[str]) -> dict[str, Path]:
+    """Where each output kind goes: ``alpha.mkv``, ``rgba.mov``, ``composite.mp4``, ``alpha_png/``, ..."""
+    paths = {}
+    for kind in save:
+        if kind.endswith("_png"):
+            paths[kind] = output_dir / kind
+        else:
+            suffix = composite_suffix(info.audio_codec) if kind == "composite" else VIDEO_FORMATS[kind][0]
+            paths[kind] = output_dir / f"{kind}{suffix}"
+    return paths
+
+
+def source_notes(info: VideoInfo, save: Iterable[str], start: int, end: int) -> list[str]:
+    """What the user should know before the work: how the source's quirks shape the outputs."""
+    notes = []
+    if info.truncated:
+        notes.append(_truncation(info).strip(" ()").capitalize() + f"; matting frames {start} to {end - 1}")
+    if info.has_alpha:
+        notes.append(
+            f"{info.path.name} has an alpha channel of its own, which is not used: the matte comes from the prompts"
+        )
+    for kind in save:
+        if kind in ("rgba", "composite"):
+            suffix = composite_suffix(info.audio_codec) if kind == "composite" else VIDEO_FORMATS[kind][0]
+            if audio_plan(info, suffix) == "aac":
+                notes.append(f"the source's {info.audio_codec} audio is re-encoded to AAC for {kind}{suffix}")
+    if "composite" in save and (info.width % 2 or info.height % 2):
+        notes.append(
+            f"composite.mp4 is {info.width + info.width % 2} x {info.height + info.height % 2} (the {info.width} x "
+            f"{info.height} picture with its edge repeated): H.264 4:2:0, which every player opens, needs even sides"
+        )
+    return notes
+
+
+def _notifier(report: VideoReport, notify: Callable[[str], None] | None) -> Callable[[str], None]:
+    def say(note: str) -> None:
+        report.notes.append(note)
+        if notify is not None:
+            notify(note)
+
+    return say
+
+
+def _check_output_folder(folder: Path) -> Path:
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"the output folder {folder} is a file; give a folder (it is created if missing)")
+    return folder
+
+
+def _background_files(background: Any) -> list[Path]:
+    if isinstance(background, str) and Path(background).is_file():
+        return [Path(background)]
+    return []
+
+
+def _check_background(background: Any) -> None:
+    """A colour, or an image or video file: checked before any work (not after the matting pass)."""
+    if isinstance(background, (tuple, list)) or _background_files(background):
+        return
+    if isinstance(background, str):
+        parse_colour(background, what="the background")
+        return
+    raise InputError(f"the background must be a colour, an image or a video file, got {type(background).__name__}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _open_writers(info: VideoInfo, output_dir: Path, save: list[str], start: int, end: int) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     writers: dict[str, Any] = {}
     audio = info if info.audio_codec else None
-    start_time, end_time = float(start / info.frame_rate), float(end / info.frame_rate)
-    for kind in save:
+    start_time, end_time = info.time_of(start), info.time_of(end)  # on the source's own timeline
+    for kind, path in output_paths(info, output_dir, save).items():
         if kind.endswith("_png"):
-            writers[kind] = PngSequenceWriter(output_dir / kind)
+            writers[kind] = PngSequenceWriter(path)
             continue
-        suffix = composite_suffix(info.audio_codec) if kind == "composite" else VIDEO_FORMATS[kind][0]
         with_audio = audio if kind != "alpha" else None  # a matte is a mask: its file carries no sound
-        writers[kind] = VideoWriter(output_dir / f"{kind}{suffix}", kind, info.width, info.height, info.frame_rate,
-                                    with_audio, start_time, end_time)  # fmt: skip
+        writers[kind] = VideoWriter(path, kind, info.width, info.height, info.frame_rate, with_audio, start_time,
+                                    end_time)  # fmt: skip
     return writers
 
 
-def _write_outputs(writers, frame, alpha16, foreground, backgrounds) -> None:
+def _write_outputs(writers, frame, alpha16, foreground, backgrounds, time: float) -> None:
     from .foreground import composite, rgba_cutout
 
     alpha = alpha16.astype(np.float32) / 65535
     for kind, writer in writers.items():
-        if kind in ("alpha", "alpha_png"):
+        if kind == "alpha_png":
             writer.write(alpha16)
-        elif kind in ("rgba", "rgba_png"):
+        elif kind == "alpha":
+            writer.write(alpha16, time)
+        elif kind == "rgba_png":
             writer.write(rgba_cutout(foreground, alpha))
+        elif kind == "rgba":
+            writer.write(rgba_cutout(foreground, alpha), time)
         else:
-            writer.write(composite(foreground, alpha, next(backgrounds)))
+            writer.write(composite(foreground, alpha, next(backgrounds)), time)
 
 
 def _foreground(frame: np.ndarray, alpha16: np.ndarray, predictor: Any) -> np.ndarray:

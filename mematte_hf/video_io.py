@@ -7,8 +7,10 @@
   packets (no re-encoding), interleaved with the video by time.
 * :class:`PngSequenceWriter` writes numbered PNGs into a temporary folder renamed into place on close.
 
-Frame indices count decoded frames from 0 in presentation order. Outputs are written at the source's average
-frame rate, one output frame per source frame.
+Frame indices count decoded frames from 0 in presentation order. Frames come upright: a phone clip's display
+matrix (rotation) is applied on decoding, so sizes and prompts are those of the picture players show. Each
+output frame is written at its source frame's time (a variable-frame-rate clip stays in sync with its audio),
+and audio is cut on the source's own timeline (a stream may start at any time, e.g. 11.4 s in an MPEG-TS).
 """
 
 from __future__ import annotations
@@ -26,16 +28,24 @@ from PIL import Image
 from .errors import InputError
 
 __all__ = [
+    "DEFAULT_TRACKER",
+    "OUTPUT_KINDS",
     "VIDEO_FORMATS",
     "PngSequenceWriter",
     "VideoInfo",
     "VideoWriter",
+    "audio_plan",
+    "first_frame",
     "probe_video",
     "read_frames",
     "read_png",
     "write_png",
 ]
 
+#: What :meth:`mematte_hf.video.VideoMatter.matte` can write: videos, and PNG sequences (folders of numbered PNGs).
+OUTPUT_KINDS = ("alpha", "rgba", "composite", "alpha_png", "rgba_png")
+#: The mask tracker `mematte video` uses unless told otherwise (here, torch-free, for the command's --help).
+DEFAULT_TRACKER = "facebook/sam2.1-hiera-tiny"
 #: Output kind -> (file suffix, codec, pixel format). FFV1 keeps the alpha lossless at 16 bits; PNG in a
 #: QuickTime file is the most widely read lossless codec with an alpha channel; H.264 plays everywhere.
 VIDEO_FORMATS = {
@@ -43,8 +53,16 @@ VIDEO_FORMATS = {
     "rgba": (".mov", "png", "rgba"),
     "composite": (".mp4", "libx264", "yuv420p"),
 }
-# Audio codecs an MP4 file can carry; other audio makes the composite a Matroska file instead.
-_MP4_AUDIO_CODECS = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
+# Audio codecs each output container carries and common players play from it; other audio is re-encoded to AAC.
+_COPIED_AUDIO = {
+    ".mp4": {"aac", "mp3", "ac3", "eac3", "alac"},
+    ".mov": {"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s24le", "pcm_f32le"},
+}
+_REENCODED_AUDIO = "aac"
+_TIME_BASE = Fraction(1, 90000)
+# A frame's time may differ from index / average rate by this many frame durations before the clip counts as
+# variable-frame-rate (timestamps are rounded to the container's time base).
+_VFR_TOLERANCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -58,18 +76,48 @@ class VideoInfo:
     frame_rate: Fraction
     codec: str
     audio_codec: str | None
+    #: Counter-clockwise degrees the display matrix turns the coded picture by (already applied to frames).
+    rotation: int = 0
+    #: Each readable frame's presentation time in seconds on the source's timeline (empty: index / frame_rate).
+    frame_times: tuple[float, ...] = ()
+    #: The frame count the container declares, when it declares more than can be read (a truncated file).
+    declared_frames: int | None = None
+    #: Whether the source's pixels carry an alpha channel (ProRes 4444, PNG, ...).
+    has_alpha: bool = False
 
     @property
     def duration(self) -> float:
         return float(self.frame_count / self.frame_rate)
 
+    def time_of(self, index: int) -> float:
+        """Source time in seconds of frame ``index`` (``frame_count``: the end of the last frame)."""
+        if not self.frame_times:
+            return float(index / self.frame_rate)
+        if index < len(self.frame_times):
+            return self.frame_times[index]
+        return self.frame_times[-1] + float(1 / self.frame_rate)
+
+    @property
+    def variable_rate(self) -> bool:
+        """Whether frame times stray from a constant rate (by more than half a frame)."""
+        if not self.frame_times:
+            return False
+        first, step = self.frame_times[0], float(1 / self.frame_rate)
+        times = enumerate(self.frame_times)
+        return any(abs(time - first - index * step) > _VFR_TOLERANCE * step for index, time in times)
+
+    @property
+    def truncated(self) -> bool:
+        return self.declared_frames is not None
+
 
 def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
-    """Open ``path``, check it holds a decodable video stream, and describe it.
+    """Open ``path``, check it holds a decodable video stream, and describe it (upright size, frame times).
 
-    The frame count comes from the container when it records one, else from counting the video packets
-    (demuxing only, no decoding). Raises :class:`InputError` for a missing file, a file that is not a video,
-    and a codec this FFmpeg build cannot decode.
+    The frames are counted and timed by demuxing the video packets (no decoding): a truncated file reports the
+    frames it holds, and the frame count its container declared in ``declared_frames``. Raises
+    :class:`InputError` for a missing file, a file that is not a video, and a codec this FFmpeg build cannot
+    decode.
     """
     import av
 
@@ -90,17 +138,33 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
             ) from None
         if first is None:
             raise InputError(f"{path} holds a video stream without any frame")
-        width, height = first.width, first.height
-    frame_count = stream.frames or _count_packets(path)
+        rotation = _quarter_turns(first.rotation) * 90
+        width, height = (first.height, first.width) if rotation % 180 else (first.width, first.height)
+        has_alpha = any(component.is_alpha for component in first.format.components)
+        declared, codec = stream.frames, stream.codec_context.name
     if not rate:
         raise InputError(f"{path} does not say its frame rate; remux it with a frame rate (ffmpeg -r)")
-    return VideoInfo(path, width, height, frame_count, Fraction(rate), stream.codec_context.name, audio)
+    times = _frame_times(path)
+    if declared and declared > len(times):  # truncated: its last packet may be cut short too; decode to be sure
+        times = times[: sum(1 for _ in _decoded_frames(path))]
+    frame_count = len(times)
+    return VideoInfo(path, width, height, frame_count, Fraction(rate), codec, audio, rotation=rotation,
+                     frame_times=tuple(times) if None not in times else (),
+                     declared_frames=declared if declared and declared > frame_count else None,
+                     has_alpha=has_alpha)  # fmt: skip
+
+
+def first_frame(path: str | os.PathLike[str]) -> np.ndarray:
+    """The clip's first frame as (H, W, 3) uint8 RGB, upright as players show it."""
+    for _, frame in read_frames(path, 0, 1):
+        return frame
+    raise InputError(f"{path} holds a video stream without any frame")
 
 
 def read_frames(
     path: str | os.PathLike[str], start: int = 0, end: int | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(index, rgb)`` for frames ``start <= index < end`` (``end=None``: to the last frame).
+    """Yield ``(index, rgb)`` for frames ``start <= index < end`` (``end=None``: to the last frame), upright.
 
     Frames before ``start`` are decoded but not converted: decoding from the beginning is the only way to land
     on an exact frame index in every codec (seeking lands on keyframes and timestamps can be irregular).
@@ -115,9 +179,18 @@ def read_frames(
                 if end is not None and index >= end:
                     return
                 if index >= start:
-                    yield index, frame.to_ndarray(format="rgb24")
+                    yield index, _upright(frame.to_ndarray(format="rgb24"), frame.rotation)
         except av.FFmpegError as error:
             raise InputError(f"decoding {path} failed ({error}); re-encode the video (e.g. to H.264)") from None
+
+
+def audio_plan(info: VideoInfo, suffix: str) -> str | None:
+    """How the source's audio goes into an output file with ``suffix``: "copy", "aac" (re-encoded, because
+    that container or its players do not take the source's codec), or None (no audio)."""
+    if info.audio_codec is None:
+        return None
+    copied = _COPIED_AUDIO.get(suffix)
+    return "copy" if copied is None or info.audio_codec in copied else _REENCODED_AUDIO
 
 
 class VideoWriter:
@@ -126,9 +199,11 @@ class VideoWriter:
     Args:
         path: the final file; frames go to a temporary file beside it until :meth:`close`.
         kind: a key of :data:`VIDEO_FORMATS`.
-        width / height / frame_rate: of the source.
-        audio_from: a source whose first audio stream is copied (packets between ``audio_start`` and
-            ``audio_end`` seconds, shifted to start at 0), or ``None``.
+        width / height / frame_rate: of the source (upright). A composite with an odd side is padded by one
+            row or column (its edge repeated): 4:2:0 H.264, which every player opens, needs even sides.
+        audio_from: a source whose first audio stream goes along (copied, or re-encoded to AAC where
+            :func:`audio_plan` says the container cannot carry it), cut to ``audio_start`` .. ``audio_end``
+            seconds of the source's timeline and shifted so that ``audio_start`` plays at 0; or ``None``.
     """
 
     def __init__(
@@ -149,25 +224,33 @@ class VideoWriter:
         self._partial = self.path.with_name(f".{self.path.name}.partial{self.path.suffix}")
         self._container = av.open(str(self._partial), "w")
         self._stream = self._container.add_stream(codec, rate=frame_rate)
-        self._stream.width, self._stream.height = width, height
-        if kind == "composite" and (width % 2 or height % 2):
-            pixel_format = "yuv444p"  # 4:2:0 needs even sides
+        self._pad = (height % 2, width % 2) if kind == "composite" else (0, 0)
+        self._stream.width, self._stream.height = width + self._pad[1], height + self._pad[0]
         self._stream.pix_fmt = pixel_format
+        # Timestamps in a fine time base, so each frame lands at its source time (variable frame rates too).
+        self._stream.codec_context.time_base = _TIME_BASE
         if codec == "libx264":
             self._stream.options = {"crf": "17", "preset": "medium"}
         self._input_format = {"alpha": "gray16le", "rgba": "rgba", "composite": "rgb24"}[kind]
         self._frame_rate = Fraction(frame_rate)
         self._count = 0
-        self._audio = _AudioCopier(audio_from.path, self._container, audio_start, audio_end) if audio_from else None
+        self._audio = None
+        mode = audio_plan(audio_from, self.path.suffix) if audio_from is not None else None
+        if mode is not None:
+            self._audio = _AudioPipe(audio_from.path, self._container, audio_start, audio_end, reencode=mode != "copy")
 
-    def write(self, array: np.ndarray) -> None:
-        """Append one frame: (H, W) uint16 alpha, (H, W, 4) uint8 RGBA or (H, W, 3) uint8 RGB by kind."""
+    def write(self, array: np.ndarray, time: float | None = None) -> None:
+        """Append one frame: (H, W) uint16 alpha, (H, W, 4) uint8 RGBA or (H, W, 3) uint8 RGB by kind, shown at
+        ``time`` seconds of the output (default: its index over the frame rate)."""
         import av
 
+        time = float(self._count / self._frame_rate) if time is None else time
         if self._audio is not None:
-            self._audio.copy_until(float(self._count / self._frame_rate))
+            self._audio.copy_until(time)
+        if any(self._pad):
+            array = np.pad(array, [(0, self._pad[0]), (0, self._pad[1])] + [(0, 0)] * (array.ndim - 2), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format=self._input_format)
-        frame.pts = self._count
+        frame.pts, frame.time_base = round(time / _TIME_BASE), _TIME_BASE
         self._count += 1
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
@@ -195,46 +278,74 @@ class VideoWriter:
 
 
 def composite_suffix(audio_codec: str | None) -> str:
-    """``.mp4`` unless the source's audio cannot go in an MP4 file, then ``.mkv``."""
-    return ".mp4" if audio_codec is None or audio_codec in _MP4_AUDIO_CODECS else ".mkv"
+    """The composite's suffix: always ``.mp4`` (audio an MP4 cannot carry is re-encoded to AAC)."""
+    return ".mp4"
 
 
-class _AudioCopier:
-    """Copies the audio packets of a source, in time order, into an output container while video is written."""
+class _AudioPipe:
+    """Moves the audio of a source, in time order, into an output container while video is written: packets
+    copied as they are, or decoded and re-encoded to AAC (``reencode``)."""
 
-    def __init__(self, source: Path, output, start: float, end: float | None) -> None:
+    def __init__(self, source: Path, output, start: float, end: float | None, reencode: bool) -> None:
         import av
 
         self._input = av.open(str(source))
         self._in_stream = self._input.streams.audio[0]
-        self._out_stream = output.add_stream_from_template(self._in_stream)
+        self._reencode = reencode
+        if reencode:
+            rate = self._in_stream.codec_context.sample_rate
+            self._out_stream = output.add_stream(_REENCODED_AUDIO, rate=rate)
+            self._out_stream.layout = self._in_stream.codec_context.layout
+            self._items = self._frames()
+        else:
+            self._out_stream = output.add_stream_from_template(self._in_stream)
+            self._items = (p for p in self._input.demux(self._in_stream) if p.pts is not None)
         self._output = output
         self._start, self._end = start, end
-        self._offset = None
-        self._packets = (p for p in self._input.demux(self._in_stream) if p.pts is not None)
-        self._pending = next(self._packets, None)
+        self._offset = round(start / self._in_stream.time_base)  # source time `start` plays at 0
+        self._pending = next(self._items, None)
+
+    def _frames(self):
+        import av
+
+        try:
+            for frame in self._input.decode(self._in_stream):
+                if frame.pts is not None:
+                    yield frame
+        except av.FFmpegError:
+            return  # a truncated file: its audio ends where it does
 
     def copy_until(self, seconds: float | None) -> None:
-        """Mux the source's audio packets that start before ``seconds`` of output time (all when None)."""
+        """Mux the source's audio that starts before ``seconds`` of output time (all when None)."""
         while self._pending is not None:
-            packet = self._pending
-            time = float(packet.pts * packet.time_base)
+            item = self._pending
+            time = float(item.pts * item.time_base)
             if self._end is not None and time >= self._end:
                 self._pending = None
                 return
             if seconds is not None and time - self._start >= seconds:
                 return
-            self._pending = next(self._packets, None)
+            self._pending = next(self._items, None)
             if time < self._start:
                 continue
-            if self._offset is None:
-                self._offset = packet.pts
-            packet.pts -= self._offset
-            packet.dts = packet.pts if packet.dts is None else packet.dts - self._offset
-            packet.stream = self._out_stream
-            self._output.mux(packet)
+            self._mux(item)
+
+    def _mux(self, item) -> None:
+        if self._reencode:
+            item.pts = None  # the encoder counts samples from 0: the first frame kept plays at 0
+            for packet in self._out_stream.encode(item):
+                self._output.mux(packet)
+            return
+        item.pts -= self._offset
+        item.dts = item.pts if item.dts is None else item.dts - self._offset
+        item.stream = self._out_stream
+        self._output.mux(item)
 
     def close(self) -> None:
+        if self._reencode:
+            for packet in self._out_stream.encode():
+                self._output.mux(packet)
+            self._reencode = False  # flushed once
         self._input.close()
 
 
@@ -284,7 +395,43 @@ def _open_input(path: Path):
         ) from None
 
 
-def _count_packets(path: Path) -> int:
+def _frame_times(path: Path) -> list[float | None]:
+    """Presentation times (seconds) of the video packets that hold data, in presentation order; demux only.
+
+    A packet without a timestamp gives None (the caller then times frames by index and average rate)."""
+    import av
+
+    times: list[float | None] = []
     with _open_input(path) as container:
         stream = container.streams.video[0]
-        return sum(1 for packet in container.demux(stream) if packet.size)
+        try:
+            for packet in container.demux(stream):
+                if packet.size:
+                    times.append(float(packet.pts * packet.time_base) if packet.pts is not None else None)
+        except av.FFmpegError:
+            pass  # a truncated file: the packets read so far are the frames it holds
+    if None in times:
+        return times
+    return sorted(times)
+
+
+def _decoded_frames(path: Path) -> Iterator[None]:
+    """One None per frame that decodes, stopping quietly at the first that does not."""
+    import av
+
+    with _open_input(path) as container:
+        try:
+            for _ in container.decode(container.streams.video[0]):
+                yield None
+        except av.FFmpegError:
+            return
+
+
+def _quarter_turns(degrees: float | None) -> int:
+    """A display rotation in degrees as counter-clockwise quarter turns 0..3 (players round the same way)."""
+    return round((degrees or 0) / 90) % 4
+
+
+def _upright(array: np.ndarray, degrees: float | None) -> np.ndarray:
+    turns = _quarter_turns(degrees)
+    return np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array

@@ -230,7 +230,7 @@ def test_estimate_refuses_bad_inputs() -> None:
     with pytest.raises(InputError, match="is not a device name"):
         estimate_foreground(image, np.zeros((4, 6), np.float32), device="gpu-please")
     if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="CUDA is not available here; use device='cpu'"):
+        with pytest.raises(InputError, match="CUDA is not available here; use 'cpu'"):
             estimate_foreground(image, np.zeros((4, 6), np.float32), device="cuda")
 
 

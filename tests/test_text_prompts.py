@@ -159,15 +159,17 @@ def test_predict_with_text_mattes_a_folder_and_reports_what_matched_nothing(fold
                str(folders["sam"]), "--model", str(folders["mematte"]), "--output", str(tmp_path / "out"),
                "--device", "cpu", "--save", "alpha,rgba"]  # fmt: skip
     assert main([*command, "--text-threshold", str(min(scores) - 1e-3)]) == 0, capsys.readouterr().err
-    outputs = sorted((tmp_path / "out").iterdir())
+    said = capsys.readouterr().err
+    assert all(f"photo{index}: --text chose" in said and "(score " in said for index in range(3))  # box and score
+    outputs = sorted((tmp_path / "out").glob("*.png"))
     assert [path.name for path in outputs] == [f"photo{i}_{kind}.png" for i in range(3) for kind in ("alpha", "rgba")]
     for index, size in enumerate([(120, 160), (150, 110), (90, 130)]):
         assert Image.open(tmp_path / "out" / f"photo{index}_alpha.png").size == (size[1], size[0])
 
-    (tmp_path / "out" / "photo1_alpha.png").unlink()  # resume: only photo1 is redone
-    assert main([*command, "--text-threshold", "1.0"]) == 1  # and now nothing matches it
+    (tmp_path / "out" / "photo1_alpha.png").unlink()  # only photo1 is redone (-n keeps the others' outputs)
+    assert main([*command, "--text-threshold", "1.0", "-n"]) == 1  # and now nothing matches it
     captured = capsys.readouterr()
-    assert "failed: photo1: nothing in the photo matches 'the dog'" in captured.err
+    assert "failed: photo1: nothing in photo1.png matches --text 'the dog'" in captured.err
     assert "0 done, 2 skipped (already done), 1 failed" in captured.out
 
 

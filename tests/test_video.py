@@ -69,13 +69,17 @@ def make_clip(path: Path, frames: int = FRAMES, width: int = WIDTH, height: int 
                 tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
                 chunk = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
                 chunk.sample_rate, chunk.pts = SAMPLE_RATE, index * samples_per_frame
-                for packet in sound.encode(chunk):
-                    container.mux(packet)
+                encode(container, sound, chunk)
         for stream in (video, sound):
             if stream is not None:
-                for packet in stream.encode():
-                    container.mux(packet)
+                encode(container, stream, None)  # flush
     return path
+
+
+def encode(container, stream, frame) -> None:
+    """Encode one frame (None: flush the encoder) and mux what comes out."""
+    for packet in stream.encode(frame):
+        container.mux(packet)
 
 
 def tiny_tracker_model(seed: int = 0, image_size: int = 64):
@@ -187,7 +191,7 @@ def test_every_output_has_the_inputs_frame_count_size_and_rate(matted):
     pngs = sorted(report.outputs["alpha_png"].iterdir())
     assert len(pngs) == FRAMES
     assert not (output / ".mematte-work").exists()  # work folder removed once the outputs are complete
-    assert not [path for path in output.iterdir() if path.name.startswith(".")]  # no partial files left
+    assert not [path for path in output.iterdir() if ".partial" in path.name]  # no partial files left
 
 
 def test_alpha_follows_the_disc_through_the_hook(matted):
@@ -389,11 +393,15 @@ def test_a_text_prompt_becomes_the_detectors_best_box_on_the_key_frame(clip, pre
     detector = load_text_model(save_tiny_owlv2(tmp_path / "owl"), device="cpu", threshold=0.0)
     provide, calls = known_masks()
     matter = VideoMatter(predictor, MaskProviderTracker(provide), text_model=detector)
-    matter.matte(clip, tmp_path / "out", [FramePrompt(0, text="the disc")], save=("alpha",), end=2)
+    report = matter.matte(clip, tmp_path / "out", [FramePrompt(0, text="the disc")], save=("alpha",), end=2)
     key_frame = next(read_frames(clip, 0, 1))[1]
-    expected = detector.detect(key_frame, "the disc").boxes[0]
+    found = detector.detect(key_frame, "the disc")
+    expected = found.boxes[0]
     prompt = calls[0][1]
     assert prompt.text is None and prompt.box == pytest.approx(tuple(expected))
+    # the box and score the text chose are reported
+    box_words = ",".join(f"{float(value):.0f}" for value in expected)
+    assert f"chose the box {box_words} (score {float(found.scores[0]):.2f})" in " ".join(report.notes)
     detector.threshold = 1.0  # no score reaches 1: nothing matches
-    with pytest.raises(NothingFoundError, match="nothing in the photo matches 'the disc'"):
+    with pytest.raises(NothingFoundError, match=r"nothing on frame 0 matches --text 'the disc'.*--text-threshold"):
         matter.matte(clip, tmp_path / "none", [FramePrompt(0, text="the disc")], save=("alpha",), end=2)

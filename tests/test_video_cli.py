@@ -35,7 +35,8 @@ def command(setup, output: Path) -> list[str]:
     return [
         sys.executable, "-m", "mematte_hf.cli", "video", str(clip), "--output", str(output),
         "--point", "80,90", "--bg-point", "300,20", "--model", str(folder / "mematte"),
-        "--tracker-model", str(folder / "tracker"), "--save", "alpha,composite", "--device", "cpu", "--batch-size", "1",
+        "--tracker-model", str(folder / "tracker"), "--save", "alpha,rgba,composite", "--device", "cpu",
+        "--batch-size", "1",
     ]  # fmt: skip
 
 
@@ -83,10 +84,17 @@ def test_a_killed_run_resumes_and_equals_an_uninterrupted_run(setup, tmp_path):
     assert any(0 < (frame == 65535).mean() < 1 for frame in expected)  # the tracker's masks have edges
     for index, (left, right) in enumerate(zip(expected, actual, strict=True)):
         assert np.abs(left.astype(int) - right.astype(int)).max() <= 1, index
+    # the cutout is lossless: equal to within a level (alphas may differ by one in 65535)
+    expected, _, _ = read_video(tmp_path / "straight" / "rgba.mov")
+    actual, _, _ = read_video(killed_output / "rgba.mov")
+    assert len(actual) == FRAMES
+    assert max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(expected, actual, strict=True)) <= 1
+    # the composite is H.264: two encodes of frames that differ by a rounding step differ by the codec's noise
+    # (about 2 levels on average between two identical uninterrupted runs of this test on the main branch)
     expected, _, kinds = read_video(tmp_path / "straight" / "composite.mp4")
     actual, _, _ = read_video(killed_output / "composite.mp4")
     assert kinds == ["audio", "video"] and len(actual) == FRAMES
-    assert max(np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(expected, actual, strict=True)) < 0.5
+    assert max(np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(expected, actual, strict=True)) < 4
 
 
 @pytest.mark.parametrize(

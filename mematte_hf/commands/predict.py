@@ -1,7 +1,9 @@
 """Matte one image or a folder of images at full resolution, from trimaps or from a text prompt.
 
-Folder mode pairs images and trimaps by file name (stem), skips images whose outputs already exist (so an
-interrupted run resumes), writes every file atomically, and reports a failed image without stopping the batch.
+Folder mode pairs images and trimaps by file name (stem), reuses outputs that this same job made (same inputs,
+prompt, model and settings: an interrupted run resumes), refuses outputs another run made unless told
+-y/--overwrite or -n/--skip-existing, writes every file atomically, and reports a failed image without stopping
+the batch.
 With ``--text "the dog" --text-model ID`` no trimap is needed: a detector (Grounding DINO, OWLv2) and SAM, or
 SAM 3, make the mask and the trimap of each image; an image where nothing matches is reported, not matted.
 """
@@ -13,10 +15,25 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .options import (
+    HelpFormatter,
+    add_existing_output_arguments,
+    add_runtime_arguments,
+    add_text_arguments,
+    check_background,
+    check_device,
+    check_output_folder,
+    number_in,
+    parse_outputs,
+    require_text_model,
+)
+
 HELP = "matte an image or a folder of images (alpha, foreground, RGBA cutout, composite)"
 OUTPUT_KINDS = ("alpha", "foreground", "rgba", "composite")
 DEFAULT_MODEL = "mematte-hf/mematte-vits-composition1k"
 DEFAULT_SAM_MODEL = "facebook/sam-vit-base"
+# The keys of the outputs in --output (see mematte_hf.output_keys).
+MANIFEST = ".mematte-predict.json"
 
 
 @dataclass(frozen=True)
@@ -27,65 +44,139 @@ class Job:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = HelpFormatter
     parser.add_argument("image", type=Path, help="an image file or a folder of images")
     parser.add_argument("--trimap", type=Path, help="the trimap file, or a folder of trimaps (or use --text)")
     parser.add_argument("--text", help='what to cut out, e.g. "the dog": makes each trimap (needs --text-model)')
-    parser.add_argument(
-        "--text-model", help="Grounding DINO / OWLv2 (with --sam-model) or SAM 3 folder or Hub id, for --text"
-    )
-    parser.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, help=f"SAM for --text boxes ({DEFAULT_SAM_MODEL})")
-    parser.add_argument("--text-threshold", type=float, default=None, help="score a text match needs")
+    add_text_arguments(parser, "a Grounding DINO / OWLv2 (with --sam-model) or SAM 3 folder or Hub id")
+    parser.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, help="SAM for the boxes of a --text detector")
     parser.add_argument("--output", type=Path, required=True, help="folder for the results")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"MEMatte folder or Hub id (default {DEFAULT_MODEL})")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument(
-        "--max-global-tokens", default=None, help="cap k on tokens routed to global attention: a number or 'auto'"
-    )
-    parser.add_argument("--memory-budget", default=None, help="with --max-global-tokens auto: e.g. 4GB")
-    parser.add_argument("--decoder-tile-size", type=int, default=None, help="decoder tile in pixels, 0 = whole image")
-    parser.add_argument(
-        "--save", default="alpha", help=f"comma-separated outputs among {', '.join(OUTPUT_KINDS)} (default alpha)"
-    )
+    add_runtime_arguments(parser)
+    parser.add_argument("--save", default="alpha", help=f"comma-separated outputs among {', '.join(OUTPUT_KINDS)}")
     parser.add_argument("--alpha-bits", type=int, choices=[8, 16], default=8, help="bit depth of alpha PNGs")
     parser.add_argument("--background", default="#ffffff", help="composite background: a colour or an image file")
-    parser.add_argument("--max-pixels", type=int, default=None, help="refuse images above this many pixels")
+    parser.add_argument(
+        "--max-pixels", type=number_in(int, 1), default=None, help="refuse images above this many pixels"
+    )
     parser.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the fixed-shape blocks: same alphas, fewer kernels after a first-image compilation (GPU)",
     )
+    add_existing_output_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
+    from ..output_keys import OutputManifest
 
-    outputs = parse_outputs(args.save)
+    outputs = parse_outputs(args.save, OUTPUT_KINDS)
     cap = parse_cap(args.max_global_tokens)
-    jobs = text_jobs(args) if check_prompt_arguments(args) else pair_jobs(args.image, args.trimap)
-    args.output.mkdir(parents=True, exist_ok=True)
-    refuse_overwriting_inputs(jobs, args.output, outputs)
-    pending = [job for job in jobs if not all(output_path(args.output, job.name, kind).exists() for kind in outputs)]
-    skipped = len(jobs) - len(pending)
+    use_text = check_prompt_arguments(args)
+    check_output_folder(args.output)
+    check_background(args.background)
+    check_device(args.device)
+    jobs = text_jobs(args) if use_text else pair_jobs(args.image, args.trimap)
+    refuse_shared_output_names(jobs)
+    refuse_overwriting_inputs(jobs, args.output, outputs, args.background)
+    manifest = OutputManifest(args.output, MANIFEST)
+    keys = {job.name: job_key(job, args) for job in jobs}
+    pending, reused = plan_jobs(jobs, keys, manifest, args.output, outputs, args.existing)
     if not pending:
         print(f"nothing to do: all {len(jobs)} image(s) already have their outputs in {args.output}")
         return 0
+    args.output.mkdir(parents=True, exist_ok=True)
     predictor = None  # loaded at the first image that reads correctly, so bad input fails fast
     text_segmenter = load_text_segmenter(args) if args.text else None  # a model that cannot load: one line, now
     failures = []
-    for job in progress(pending, single=len(jobs) == 1):
+    for job in (bar := progress(pending, single=len(jobs) == 1)):
         try:
-            image, trimap = read_inputs(job, args, text_segmenter)
+            image, trimap = read_inputs(job, args, text_segmenter, say=lambda line: _say(bar, line))
             predictor = predictor or load_predictor(args, cap)
-            process(job.name, image, trimap, predictor, args, outputs)
+            process(job.name, image, trimap, predictor, args, outputs, say=lambda line: _say(bar, line))
+            manifest.record([output_path(args.output, job.name, kind) for kind in outputs], keys[job.name])
         except InputError as error:
             if len(jobs) == 1:
                 raise
             failures.append(f"{job.name}: {error}")
-            print(f"failed: {job.name}: {error}", file=sys.stderr)
+            _say(bar, f"failed: {job.name}: {error}")
     done = len(pending) - len(failures)
-    print(f"{done} done, {skipped} skipped (already done), {len(failures)} failed; results in {args.output}")
+    print(f"{done} done, {reused} skipped (already done), {len(failures)} failed; results in {args.output}")
     return 1 if failures else 0
+
+
+def _say(bar, line: str) -> None:
+    """A line on stderr above the progress bar (printed plainly, a bar would draw over it)."""
+    if hasattr(bar, "write"):
+        bar.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
+
+
+def plan_jobs(jobs: list[Job], keys: dict[str, str], manifest, folder: Path, outputs: list[str], existing: str):
+    """(jobs to run, how many are already done): outputs this same job made are reused; others are refused,
+    redone or kept as ``existing`` says."""
+    from ..output_keys import refuse_other_runs_outputs
+
+    others, pending, reused = [], [], 0
+    for job in jobs:
+        paths = [output_path(folder, job.name, kind) for kind in outputs]
+        mine = [path for path in paths if manifest.made_by(path, keys[job.name])]
+        theirs = [path for path in paths if path.exists() and path not in mine]
+        others += theirs
+        kept = theirs if existing == "skip" else []
+        if len(mine) + len(kept) == len(paths):
+            reused += 1
+        else:
+            pending.append(job)
+    refuse_other_runs_outputs(others, existing)
+    return pending, reused
+
+
+def job_key(job: Job, args: argparse.Namespace) -> str:
+    """Everything an image's outputs depend on: the inputs' content, the prompt, the model and its settings."""
+    from ..output_keys import file_digest
+    from ..output_keys import job_key as key
+
+    background = args.background
+    if Path(background).is_file():
+        background = file_digest(background)
+    return key({
+        "image": file_digest(job.image),
+        "trimap": file_digest(job.trimap) if job.trimap is not None else None,
+        "text": [args.text, args.text_model, args.sam_model, args.text_threshold] if job.trimap is None else None,
+        "model": _model_key(args.model),
+        "settings": [args.dtype, _device_kind(args.device), args.max_global_tokens, args.memory_budget,
+                     args.decoder_tile_size, args.alpha_bits, background],
+    })  # fmt: skip
+
+
+def _model_key(model: str) -> str | list:
+    """A local folder by its files' names, sizes and dates (retrained weights are another model); a Hub id as is."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return model
+    return [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in sorted(folder.iterdir())]
+
+
+def _device_kind(device: str | None) -> str:
+    from ..devices import resolve_device
+
+    return resolve_device(device).type
+
+
+def refuse_shared_output_names(jobs: list[Job]) -> None:
+    """Two images with one stem (animal.jpg, animal.png) would write one animal_alpha.png: refuse, not lose one."""
+    from ..errors import InputError
+
+    seen: dict[str, Path] = {}
+    for job in jobs:
+        if job.name in seen:
+            raise InputError(
+                f"{seen[job.name].name} and {job.image.name} would both write {job.name}_*.png; rename one of them"
+            )
+        seen[job.name] = job.image
 
 
 def check_prompt_arguments(args: argparse.Namespace) -> bool:
@@ -98,8 +189,7 @@ def check_prompt_arguments(args: argparse.Namespace) -> bool:
         raise InputError('give --trimap FILE_OR_FOLDER, or --text "what to cut out" with --text-model')
     if args.text is not None and not args.text.strip():
         raise InputError('--text is empty: say what to cut out, e.g. --text "the dog"')
-    if args.text is not None and not args.text_model:
-        raise InputError("--text needs --text-model: a Grounding DINO, OWLv2 or SAM 3 folder or Hub id")
+    require_text_model(args)
     return args.text is not None
 
 
@@ -129,16 +219,6 @@ def load_text_segmenter(args: argparse.Namespace):
         reason = " ".join(str(error).split()) or type(error).__name__
         raise InputError(f"could not load the text model {args.text_model!r} (or SAM {args.sam_model!r}): "
                          f"{reason}") from None  # fmt: skip
-
-
-def parse_outputs(text: str) -> list[str]:
-    from ..errors import InputError
-
-    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
-    unknown = [kind for kind in kinds if kind not in OUTPUT_KINDS]
-    if unknown or not kinds:
-        raise InputError(f"--save takes a comma-separated list of {', '.join(OUTPUT_KINDS)}; got {text!r}")
-    return kinds
 
 
 def parse_cap(text: str | None) -> int | str | None:
@@ -181,16 +261,13 @@ def output_path(folder: Path, name: str, kind: str) -> Path:
     return folder / f"{name}_{kind}.png"
 
 
-def refuse_overwriting_inputs(jobs: list[Job], folder: Path, outputs: list[str]) -> None:
-    from ..errors import InputError
+def refuse_overwriting_inputs(jobs: list[Job], folder: Path, outputs: list[str], background: str = "") -> None:
+    from ..output_keys import refuse_inputs_as_outputs
 
-    inputs = {path.resolve() for job in jobs for path in (job.image, job.trimap) if path is not None}
-    for job in jobs:
-        for kind in outputs:
-            if output_path(folder, job.name, kind).resolve() in inputs:
-                raise InputError(
-                    f"writing {output_path(folder, job.name, kind)} would overwrite an input; choose another --output"
-                )
+    inputs = [path for job in jobs for path in (job.image, job.trimap) if path is not None]
+    if background and Path(background).is_file():
+        inputs.append(Path(background))
+    refuse_inputs_as_outputs([output_path(folder, job.name, kind) for job in jobs for kind in outputs], inputs)
 
 
 def load_predictor(args: argparse.Namespace, cap):
@@ -214,27 +291,40 @@ def progress(jobs: list[Job], single: bool):
     return tqdm(jobs, desc="matting", unit="image")
 
 
-def read_inputs(job: Job, args: argparse.Namespace, text_segmenter=None):
+def read_inputs(job: Job, args: argparse.Namespace, text_segmenter=None, say=print):
     """Decode and check the image and its trimap (size, pixel limit), or make the trimap from the text."""
     from ..image_io import DEFAULT_MAX_PIXELS, load_image, load_trimap
+    from ..text_prompts import NothingFoundError
     from ..trimap import mask_to_trimap
 
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     image = load_image(job.image, max_pixels=max_pixels)
-    if job.trimap is None:  # raises NothingFoundError (an InputError) when nothing matches: reported per image
-        found = text_segmenter.predict_mask(image, args.text, threshold=args.text_threshold)
+    if job.trimap is None:  # nothing matching is an InputError: reported per image
+        try:
+            found = text_segmenter.predict_mask(image, args.text, threshold=args.text_threshold)
+        except NothingFoundError:
+            raise NothingFoundError(
+                f"nothing in {job.image.name} matches --text {args.text!r}: describe it differently, lower "
+                "--text-threshold, or give a --trimap"
+            ) from None
+        detections = found.detections
+        if len(detections):
+            best = int(detections.scores.argmax())
+            box = ",".join(f"{float(value):.0f}" for value in detections.boxes[best])
+            say(f"{job.name}: --text chose {len(detections)} box(es), the best {box} (score "
+                f"{float(detections.scores[best]):.2f})")  # fmt: skip
         return image, mask_to_trimap(found.mask)
     return image, load_trimap(job.trimap, expected_size=image.shape[:2], max_pixels=max_pixels)
 
 
-def process(name: str, image, trimap, predictor, args: argparse.Namespace, outputs: list[str]) -> None:
+def process(name: str, image, trimap, predictor, args: argparse.Namespace, outputs: list[str], say=print) -> None:
     from ..image_io import save_alpha_png, save_rgb_image, save_rgba_png
 
     result = predictor.predict(image, trimap)
     if not result.model_ran:
-        print(f"{name}: {result.message}", file=sys.stderr)
+        say(f"{name}: {result.message}")
     elif result.plan is not None:
-        print(f"{name}: {result.plan}", file=sys.stderr)
+        say(f"{name}: {result.plan}")
     for kind in outputs:
         path = output_path(args.output, name, kind)
         if kind == "alpha":
@@ -248,16 +338,10 @@ def process(name: str, image, trimap, predictor, args: argparse.Namespace, outpu
 
 
 def background(text: str, predictor):
-    """A colour ('#rrggbb' or a name Pillow knows) or an image file."""
-    from PIL import ImageColor
-
+    """A colour ('#rrggbb', a name, rgb(...)) or an image file (checked before the work by check_background)."""
+    from ..colours import parse_colour
     from ..image_io import load_image
 
     if Path(text).is_file():
         return load_image(text, max_pixels=predictor.max_pixels)
-    try:
-        return ImageColor.getrgb(text)[:3]
-    except ValueError:
-        from ..errors import InputError
-
-        raise InputError(f"--background {text!r} is neither an image file nor a colour like #00ff00") from None
+    return parse_colour(text, what="--background")
