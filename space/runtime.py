@@ -323,7 +323,9 @@ def prepare_matte(session_id: str, photo_key: str, trimap: np.ndarray) -> str | 
     prepared = predictor().prepare(np.asarray(store().get(photo_key)), trimap)
     if prepared.pixel_values is None:
         return None
-    return store().put(session_id, "pixel_values", prepared.pixel_values.numpy())
+    from .session import unique_name
+
+    return store().put(session_id, unique_name("pixel_values"), prepared.pixel_values.numpy())
 
 
 @spaces.GPU(duration=matte_seconds, size=GPU_SIZE)
