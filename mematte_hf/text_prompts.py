@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from transformers.utils import is_torchvision_available
 
+from .devices import resolve_device
 from .errors import CheckpointError, InputError
 from .segmentation import ClickSegmenter, ImageEmbedding, MissingBackendError, _check_image, _hub_errors
 
@@ -315,7 +316,7 @@ def load_text_model(
     from transformers import AutoConfig, AutoProcessor
 
     path = os.fspath(model_id_or_path)
-    device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)  # a clear error for a device this machine lacks, before loading
     with _hub_errors(path):
         config = AutoConfig.from_pretrained(path, **hub_kwargs)
         model_type = config.model_type

@@ -11,6 +11,7 @@ gradio's cache.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import re
@@ -72,6 +73,8 @@ class Session:
     cutout_preview: tuple[np.ndarray, np.ndarray] | None = None  # (foreground uint8, alpha uint8) previews
     folder: Path | None = None  # this session's previews and downloads, inside gradio's cache
     results: Path | None = None  # the last run's previews and downloads, inside ``folder``
+    video: Path | None = None  # the last video matte's files, inside ``folder``
+    uploads: list[Path] = field(default_factory=list)  # the visitor's uploads in gradio's cache still read (a clip)
     backdrop: np.ndarray | None = None  # the background picture of the composite, at preview size
     last_active: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -244,17 +247,43 @@ class Session:
         self.results = Path(tempfile.mkdtemp(prefix="run-", dir=self.folder))
         return self.results
 
+    def new_video_folder(self, root: str | Path) -> Path:
+        """A fresh folder, inside the session's, for one video matte; the previous one is deleted."""
+        self.check_open()
+        if self.folder is None:
+            self.new_folder(root)
+        if self.video is not None:
+            shutil.rmtree(self.video, ignore_errors=True)
+        self.video = Path(tempfile.mkdtemp(prefix="video-", dir=self.folder))
+        return self.video
+
+    def keep_upload(self, path: str | Path) -> None:
+        """Hold an upload (a clip) until the session ends or the next one replaces it; a clip a run still reads
+        is deleted with the session instead."""
+        self.check_open()
+        if self.in_flight == 0:
+            self.delete_uploads()
+        self.uploads.append(Path(path))
+
+    def delete_uploads(self) -> None:
+        for path in self.uploads:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # gradio's per-upload folder, once empty
+        self.uploads.clear()
+
     def delete_folder(self) -> None:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
-        self.results = None
+        self.results = self.video = None
 
     def forget(self, store: ArrayStore | None) -> None:
         """Delete everything this session made: its store files, its folder, its arrays in memory."""
         if store is not None:
             store.drop_session(self.id)
         self.delete_folder()
+        self.delete_uploads()
         self.photo_key = self.size = self.preview = self.embedding = self.backdrop = None
         self.retired_keys.clear()
         self.clear_prompts()

@@ -49,7 +49,7 @@ from .session import (
 )
 from .settings import Settings
 from .store import store
-from .video_tab import build_video_tab
+from .video_tab import VideoHost, build_video_tab
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,32 @@ def _delete_upload(path: str | None) -> None:
         Path(path).unlink(missing_ok=True)
 
 
+def editor_layers(editor: dict[str, Any] | None, session: Session) -> list[np.ndarray]:
+    """The brush layers of the editor's value, as RGBA arrays. The page sends the editor's layers, its background
+    and its composite as uploads (files in gradio's cache): they are deleted once read, except the outline
+    picture that the session drew itself and the page still shows."""
+    if not editor:
+        return []
+    layers, uploads = [], [upload_path(editor.get("background")), upload_path(editor.get("composite"))]
+    try:
+        for layer in editor.get("layers") or []:
+            if isinstance(layer, np.ndarray):  # already decoded (a Python caller)
+                layers.append(layer)
+                continue
+            path = upload_path(layer)
+            uploads.append(path)
+            if path:
+                with Image.open(path) as image:
+                    layers.append(np.asarray(image.convert("RGBA")))
+    except (OSError, ValueError) as error:
+        raise InputError(f"the brush layer could not be read ({type(error).__name__}): paint again") from None
+    finally:
+        for path in uploads:
+            if path and not (session.folder is not None and Path(path).is_relative_to(session.folder)):
+                _delete_upload(path)
+    return layers
+
+
 def band_width(value: float | None, size: tuple[int, int]) -> int:
     """The unknown band in pixels: 0 (or empty) means automatic, 1 % of the photo's longer side."""
     if value is None or value == 0:
@@ -297,7 +323,7 @@ def _find(session: Session, text: str, band: float | None) -> None:
 def _embedding(session: Session) -> Any:
     """The photo's SAM embedding: computed in one GPU call the first time, kept with the session after."""
     if session.embedding is None:
-        session.embedding = runtime.embed_photo(session.require_photo())
+        session.embedding = runtime.cpu_copy(runtime.embed_photo(session.require_photo()))
     return session.embedding
 
 
@@ -429,7 +455,7 @@ def on_run(
         photo_key = session.require_photo()
         if session.mask is not None and band_width(band, session.size) != session.band_width:
             _set_mask(session, session.mask, session.score, band)  # a width typed in fires no release event
-        trimap, changed = apply_corrections(session.require_trimap(), (editor or {}).get("layers") or [])
+        trimap, changed = apply_corrections(session.require_trimap(), editor_layers(editor, session))
         trimap_key = store().put(session.id, unique_name("trimap"), trimap)  # this run's own: runs may overlap
         session_id, name, scale, preview = session.id, session.name, session.scale, session.preview
         session.begin_work()  # from here until the run ends, the session is neither evicted nor swept
@@ -725,7 +751,7 @@ def build_demo(settings: Settings) -> gr.Blocks:
                         api_visibility="private",
                     )
             with gr.Tab("Video", elem_id="video-tab"):
-                build_video_tab(settings, runtime)
+                build_video_tab(settings, runtime, VideoHost(_session, _picture, lambda: _cache_root()))
         # After the tabs: /cutout's hidden components would otherwise split the tabs into two tab bars.
         _connect(page, settings)
         demo.unload(on_unload)
@@ -864,6 +890,7 @@ def _connect(page: Page, settings: Settings) -> None:
         [page.editor, page.band, page.cap_mode, page.cap_k, page.colour],
         [*page.results, page.status],
         api_name="run",
+        preprocess=False,  # the editor's files are read, then deleted, by editor_layers
         **mattes,
         api_visibility=visible,
     ).then(None, js=SCROLL_TO_RESULTS)

@@ -374,6 +374,7 @@ def test_soak_of_mixed_requests_and_12_megapixel_sessions(models, prompts, tmp_p
         ),
         ("--sam-model", "/nonexistent", "could not load the SAM model '/nonexistent'"),
         ("--text-model", "mematte-tests/no-such-detector", "could not load the text model 'mematte-tests/no-such"),
+        ("--tracker-model", "/nonexistent", "could not load the tracker model '/nonexistent'"),
     ],
 )
 def test_a_model_that_cannot_be_loaded_stops_the_start_with_one_line(models, tmp_path, option, value, expected):

@@ -4,8 +4,10 @@ the GPU call interleaved with other events of the same tab, sessions ended while
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 from PIL import Image
 
 from mematte_hf.errors import InputError
-from tests.space_utils import disc_photo, files_under, save_tiny_mematte, save_tiny_sam
+from tests.space_utils import disc_photo, files_under, save_tiny_mematte, save_tiny_sam, save_tiny_tracker
 
 WIDTH, HEIGHT = 160, 120
 
@@ -38,7 +40,9 @@ def app(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("sessions")
     mematte, sam = save_tiny_mematte(folder / "mematte"), save_tiny_sam(folder / "sam")
-    settings = parse_settings(["--model", str(mematte), "--sam-model", str(sam), "--device", "cpu"], environ={})
+    tracker = save_tiny_tracker(folder / "tracker")
+    settings = parse_settings(["--model", str(mematte), "--sam-model", str(sam), "--tracker-model", str(tracker),
+                               "--device", "cpu"], environ={})  # fmt: skip
     runtime.configure(settings)
     runtime.load_models()
     monkeypatch = pytest.MonkeyPatch()
@@ -229,3 +233,60 @@ def test_video_is_a_tab_next_to_photo(app):
 
     assert tab_bars(demo.config["layout"]) == [["Photo", "Video"]]
     ui.SESSIONS.close()
+
+
+# -- 6. the Video tab's files live in the session -------------------------------------------------------------------
+
+
+def test_the_video_tabs_files_live_in_the_session_and_go_with_it(app, sessions, tmp_path):
+    from space.video_tab import VideoHost, _Handlers
+    from tests.test_video import disc_centre, make_clip
+
+    runtime, ui, folder = app
+    cache, temp = folder / "cache", Path(tempfile.gettempdir())
+    temp_before, cache_before = set(temp.glob("mematte-video-*")), files_under(cache)
+    (cache / "upload-clip").mkdir(parents=True, exist_ok=True)
+    clip = make_clip(cache / "upload-clip" / "clip.mp4", frames=6, width=96, height=64)  # gradio's copy of an upload
+    handlers = _Handlers(SimpleNamespace(), runtime, VideoHost(ui._session, ui._picture, ui._cache_root))
+    tab = Request("video")
+    state, frame, _ = handlers.on_clip(str(clip), tab)
+    x, y = disc_centre(0, 6, 96, 64)
+    state, frame, _ = handlers.on_typed(state, f"{x:.0f},{y:.0f}", "", tab)
+    gallery = handlers.on_preview(state, tab)
+    shown, alpha, rgba, composite, status = handlers.on_matte(state, 0.0, "#00ff00", tab)
+    session_folder = sessions.get("video").folder
+    for path in (frame, *(picture for picture, _ in gallery), shown, alpha, rgba, composite):
+        assert Path(path).is_file() and Path(path).is_relative_to(session_folder), path
+    assert set(temp.glob("mematte-video-*")) == temp_before, "nothing in TMPDIR"
+    ui.on_unload(tab)
+    assert files_under(cache) == cache_before, "the clip, the previews and the videos went with the tab"
+
+
+# -- 7. the editor's uploads and rejected /cutout uploads do not stay -------------------------------------------------
+
+
+def test_the_editors_uploads_are_deleted_once_read(app, sessions, tmp_path):
+    runtime, ui, folder = app
+    ready_to_run(ui, tmp_path, "painter")
+    uploads = folder / "cache" / "editor-upload"
+    uploads.mkdir(parents=True, exist_ok=True)
+    layer = np.zeros((HEIGHT, WIDTH, 4), dtype=np.uint8)
+    layer[:, : WIDTH // 4] = (0, 0, 0, 255)  # paint the left quarter "not the object"
+    for name, array in (("layer.png", layer), ("background.png", disc_photo(WIDTH, HEIGHT)),
+                        ("composite.png", disc_photo(WIDTH, HEIGHT))):  # fmt: skip
+        Image.fromarray(array).save(uploads / name)
+    editor = {"background": {"path": str(uploads / "background.png")}, "layers": [{"path": str(uploads / "layer.png")}],
+              "composite": {"path": str(uploads / "composite.png")}}  # fmt: skip
+    outputs = ui.on_run(editor, 0, "auto", 18500, "#ffffff", Request("painter"), progress=no_progress)
+    assert "brush corrections changed" in outputs[4] or (sessions.get("painter").trimap[:, 0] == 0).all()
+    assert not files_under(uploads), "the layer, the background and the composite the page sent are deleted"
+
+
+def test_an_upload_that_cutout_refuses_is_deleted(app, sessions):
+    runtime, ui, folder = app
+    upload = folder / "cache" / "refused" / "notes.png"
+    upload.parent.mkdir(parents=True, exist_ok=True)
+    upload.write_bytes(b"not an image")
+    with pytest.raises(gr.Error):
+        ui.cutout(str(upload), points="[[5, 5]]")
+    assert not upload.exists()
