@@ -406,9 +406,8 @@ class Sessions:
                 if now - session.last_active > self.keep_seconds and not _busy(session)
             ]
             sessions = [(key, self._sessions.pop(key)) for key in expired]
-        minutes = max(1, round(self.keep_seconds / 60))
         for key, session in sessions:
-            self._end(key, session, EXPIRED_NOTICE.format(minutes=minutes))
+            self._end(key, session, EXPIRED_NOTICE.format(idle=idle_time(self.keep_seconds)))
         sweep_downloads(self.cache_root(), self.keep_seconds, active=self.folders())
         return len(sessions)
 
@@ -443,7 +442,12 @@ def _busy(session: Session) -> bool:
     return session.in_flight > 0 or session.lock.locked()
 
 
-EXPIRED_NOTICE = "your session expired after {minutes} minute(s) idle and its files were deleted: upload again"
+EXPIRED_NOTICE = "your session expired after {idle} idle and its files were deleted: upload again"
+
+
+def idle_time(seconds: float) -> str:
+    """'10 minutes', '90 seconds': how long a session may stay idle, as the visitor reads it."""
+    return f"{round(seconds / 60)} minutes" if seconds >= 120 else f"{round(seconds)} seconds"
 EVICTED_NOTICE = (
     "your session was closed to make room for other visitors (the server holds a limited number) and its files "
     "were deleted: upload again"

@@ -44,6 +44,7 @@ from .session import (
     Sessions,
     apply_corrections,
     global_token_cap,
+    idle_time,
     unique_name,
     write_downloads,
 )
@@ -57,8 +58,13 @@ TITLE = "MEMatte: cut out anything, at full resolution"
 INTRO = """
 Upload a photo, say what to cut out (or click on it), then **Cut out**. The result has soft edges (hair, fur,
 glass) and is computed at the photo's full resolution; the pictures here are small previews, the downloads are
-full size. Your photo and results are deleted when you close this tab.
+full size. Your photo or clip, its previews and your results are kept on this server only for this tab: they
+are deleted when you close it, or after {idle} without activity.
 """
+
+
+def _intro(keep_seconds: int) -> str:
+    return INTRO.format(idle=idle_time(keep_seconds))
 CLICK_CHOICES = [("Add to the object", FOREGROUND_POINT), ("Remove from it", BACKGROUND_POINT),
                  ("Box corner (2 clicks)", BOX_CORNER)]  # fmt: skip
 CAP_CHOICES = [("auto (fits the memory budget)", CAP_AUTO), ("fixed k", CAP_FIXED), ("no cap", CAP_NONE)]
@@ -729,7 +735,7 @@ def build_demo(settings: Settings) -> gr.Blocks:
     _start_sweeper(SESSIONS, settings.keep_seconds)
     keep = settings.keep_seconds
     with gr.Blocks(title=TITLE, delete_cache=(max(1, min(60, keep // 4)), keep)) as demo:
-        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        gr.Markdown(f"# {TITLE}\n{_intro(settings.keep_seconds)}")
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Photo", elem_id="photo-tab"):
                 with gr.Row(equal_height=False):

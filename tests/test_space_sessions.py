@@ -147,7 +147,7 @@ def test_painting_counts_as_activity_and_an_expired_session_says_so(app, session
     ui.on_activity(Request("painter"))  # a brush stroke
     assert sessions.sweep(now=time.monotonic() + 30) == 0, "painting refreshed the session"
     assert sessions.sweep(now=time.monotonic() + 601) == 1
-    with pytest.raises(gr.Error, match="expired after 10 minute"):
+    with pytest.raises(gr.Error, match="expired after 10 minutes idle"):
         run(ui, "painter")
 
 
