@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import re
 import shutil
 import tempfile
@@ -257,19 +258,30 @@ class Session:
         self.video = Path(tempfile.mkdtemp(prefix="video-", dir=self.folder))
         return self.video
 
-    def keep_upload(self, path: str | Path) -> None:
-        """Hold an upload (a clip) until the session ends or the next one replaces it; a clip a run still reads
-        is deleted with the session instead."""
+    def adopt_upload(self, path: str | Path, root: str | Path) -> Path:
+        """The session's own name for an upload (a clip): a hard link in the session's folder, so that gradio's
+        cache sweep (which ages uploads from their arrival) never deletes it under a matte reading it. Both names
+        go with the session; the previous clip with the next one, unless a run still reads it."""
         self.check_open()
+        if self.folder is None:
+            self.new_folder(root)
         if self.in_flight == 0:
             self.delete_uploads()
-        self.uploads.append(Path(path))
+        upload = Path(path)
+        own = self.folder / f"{unique_name('clip')}{upload.suffix.lower()}"
+        try:
+            os.link(upload, own)
+        except OSError:  # another file system: a copy
+            shutil.copyfile(upload, own)
+        self.uploads += [upload, own]
+        return own
 
     def delete_uploads(self) -> None:
         for path in self.uploads:
             path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                path.parent.rmdir()  # gradio's per-upload folder, once empty
+            if path.parent != self.folder:
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()  # gradio's per-upload folder, once empty
         self.uploads.clear()
 
     def delete_folder(self) -> None:

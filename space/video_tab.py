@@ -446,8 +446,8 @@ class _Handlers:
     def on_clip(self, path: str | None, request: gr.Request) -> tuple:
         session = self._session(request)
         if session is not None and path:
-            with _open(session):
-                session.keep_upload(path)  # deleted with the session, or when the next clip replaces it
+            with _open(session):  # the session's own name for the clip: kept while the tab may matte it
+                path = str(session.adopt_upload(path, self.host.cache_root()))
         state, first, status = load_clip(path, self.settings)
         return state, self._picture(session, "frame", first), status
 

@@ -4,6 +4,7 @@ the GPU call interleaved with other events of the same tab, sessions ended while
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -250,6 +251,7 @@ def test_the_video_tabs_files_live_in_the_session_and_go_with_it(app, sessions, 
     handlers = _Handlers(SimpleNamespace(), runtime, VideoHost(ui._session, ui._picture, ui._cache_root))
     tab = Request("video")
     state, frame, _ = handlers.on_clip(str(clip), tab)
+    clip.unlink()  # gradio's cache sweep deletes the upload --keep-seconds after it arrived, even mid-matte
     x, y = disc_centre(0, 6, 96, 64)
     state, frame, _ = handlers.on_typed(state, f"{x:.0f},{y:.0f}", "", tab)
     gallery = handlers.on_preview(state, tab)
@@ -258,6 +260,11 @@ def test_the_video_tabs_files_live_in_the_session_and_go_with_it(app, sessions, 
     for path in (frame, *(picture for picture, _ in gallery), shown, alpha, rgba, composite):
         assert Path(path).is_file() and Path(path).is_relative_to(session_folder), path
     assert set(temp.glob("mematte-video-*")) == temp_before, "nothing in TMPDIR"
+    second_upload = cache / "upload-clip-2" / "clip.mp4"
+    second_upload.parent.mkdir()
+    shutil.copyfile(state.path, second_upload)
+    replaced = handlers.on_clip(str(second_upload), tab)[0]
+    assert Path(replaced.path).is_file() and not Path(state.path).exists(), "the next clip replaces the first"
     ui.on_unload(tab)
     assert files_under(cache) == cache_before, "the clip, the previews and the videos went with the tab"
 
