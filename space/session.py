@@ -367,6 +367,8 @@ class Sessions:
         evicted = []
         with self._lock:
             session = self._sessions.get(key)
+            if session is None and self._notices.get(key) == CLOSED_NOTICE:
+                return Session(ended=True, notice=CLOSED_NOTICE)  # a late request of a closed tab: nothing is kept
             if session is None:
                 session = Session(notice=self._notices.pop(key, None))
                 self._sessions[key] = session
@@ -402,9 +404,9 @@ class Sessions:
         key = session_hash or "anonymous"
         with self._lock:
             session = self._sessions.pop(key, None)
-            self._notices.pop(key, None)
         if session is not None:
             self._end(None, session, None)
+        self._remember(key, CLOSED_NOTICE)  # a request of this tab still queued must not open a new session
         return session is not None
 
     def sweep(self, now: float | None = None) -> int:
@@ -442,11 +444,14 @@ class Sessions:
         with session.lock:  # a step of this session still running finishes first
             session.end(self.store, notice)
         if key is not None and notice is not None:
-            with self._lock:
-                self._notices[key] = notice
-                while len(self._notices) > _MAX_NOTICES:
-                    self._notices.popitem(last=False)
+            self._remember(key, notice)
         release_freed_memory()
+
+    def _remember(self, key: str, notice: str) -> None:
+        with self._lock:
+            self._notices[key] = notice
+            while len(self._notices) > _MAX_NOTICES:
+                self._notices.popitem(last=False)
 
 
 def _busy(session: Session) -> bool:
@@ -460,6 +465,7 @@ EXPIRED_NOTICE = "your session expired after {idle} idle and its files were dele
 def idle_time(seconds: float) -> str:
     """'10 minutes', '90 seconds': how long a session may stay idle, as the visitor reads it."""
     return f"{round(seconds / 60)} minutes" if seconds >= 120 else f"{round(seconds)} seconds"
+CLOSED_NOTICE = ENDED_NOTICE
 EVICTED_NOTICE = (
     "your session was closed to make room for other visitors (the server holds a limited number) and its files "
     "were deleted: upload again"
