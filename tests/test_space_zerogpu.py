@@ -165,3 +165,27 @@ def test_a_worker_forked_again_serves_the_next_call(app, tmp_path):
     worker.refork()
     outputs = ui.on_run(None, 0, "auto", 18500, "#ffffff", Request("tab-f"), progress=lambda *a, **k: None)
     assert outputs[-1].startswith("Cut out") and worker.forks == 2
+
+
+def test_the_video_preview_tracks_in_the_gpu_worker(app, tmp_path):
+    """The tracker runs in a GPU call (not in the server's process through ZeroGPU's CPU emulation), with the
+    tracker loaded at start-up, and only the shown frames' masks come back, at one bit per pixel."""
+    from space import video_tab
+    from tests.test_video import disc_centre, make_clip
+
+    runtime, ui, worker, _ = app
+    through_worker = worker.wrap(video_tab.preview_masks)
+    worker.refork()  # the worker knows the function by name from now on
+    original, video_tab.preview_masks = video_tab.preview_masks, through_worker
+    try:
+        clip = make_clip(tmp_path / "clip.mp4", frames=6, width=96, height=64)
+        state = video_tab.load_clip(str(clip), runtime.settings())[0]
+        x, y = disc_centre(0, 6, 96, 64)
+        state = video_tab.set_typed_prompts(state, f"{x:.0f},{y:.0f}", "")[0]
+        worker.transferred.clear()
+        gallery = video_tab.preview(state, runtime, runtime.settings())
+    finally:
+        video_tab.preview_masks = original
+    assert [caption for _, caption in gallery] == ["frame 0", "frame 2", "frame 3", "frame 5"]
+    ((name, _, result_bytes),) = worker.transferred
+    assert name == "preview_masks" and result_bytes < 4 * 96 * 64, "four masks at one bit per pixel, and little else"
