@@ -74,7 +74,8 @@ class Session:
     cutout_preview: tuple[np.ndarray, np.ndarray] | None = None  # (foreground uint8, alpha uint8) previews
     folder: Path | None = None  # this session's previews and downloads, inside gradio's cache
     results: Path | None = None  # the last run's previews and downloads, inside ``folder``
-    video: Path | None = None  # the last video matte's files, inside ``folder``
+    video_home: Path | None = None  # the Video tab's folder in gradio's cache: its clip, frames and results
+    video: Path | None = None  # the last video matte's files, inside ``video_home``
     uploads: list[Path] = field(default_factory=list)  # the visitor's uploads in gradio's cache still read (a clip)
     backdrop: np.ndarray | None = None  # the background picture of the composite, at preview size
     last_active: float = field(default_factory=time.monotonic)
@@ -248,27 +249,31 @@ class Session:
         self.results = Path(tempfile.mkdtemp(prefix="run-", dir=self.folder))
         return self.results
 
-    def new_video_folder(self, root: str | Path) -> Path:
-        """A fresh folder, inside the session's, for one video matte; the previous one is deleted."""
+    def video_folder(self, root: str | Path) -> Path:
+        """The Video tab's folder of this session (apart from the photo's, which a new photo empties)."""
         self.check_open()
-        if self.folder is None:
-            self.new_folder(root)
+        if self.video_home is None:
+            Path(root).mkdir(parents=True, exist_ok=True)
+            self.video_home = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX, dir=root))
+        return self.video_home
+
+    def new_video_folder(self, root: str | Path) -> Path:
+        """A fresh folder, inside :meth:`video_folder`, for one video matte; the previous one is deleted."""
+        home = self.video_folder(root)
         if self.video is not None:
             shutil.rmtree(self.video, ignore_errors=True)
-        self.video = Path(tempfile.mkdtemp(prefix="video-", dir=self.folder))
+        self.video = Path(tempfile.mkdtemp(prefix="video-", dir=home))
         return self.video
 
     def adopt_upload(self, path: str | Path, root: str | Path) -> Path:
         """The session's own name for an upload (a clip): a hard link in the session's folder, so that gradio's
         cache sweep (which ages uploads from their arrival) never deletes it under a matte reading it. Both names
         go with the session; the previous clip with the next one, unless a run still reads it."""
-        self.check_open()
-        if self.folder is None:
-            self.new_folder(root)
+        home = self.video_folder(root)
         if self.in_flight == 0:
             self.delete_uploads()
         upload = Path(path)
-        own = self.folder / f"{unique_name('clip')}{upload.suffix.lower()}"
+        own = home / f"{unique_name('clip')}{upload.suffix.lower()}"
         try:
             os.link(upload, own)
         except OSError:  # another file system: a copy
@@ -279,7 +284,7 @@ class Session:
     def delete_uploads(self) -> None:
         for path in self.uploads:
             path.unlink(missing_ok=True)
-            if path.parent != self.folder:
+            if path.parent != self.video_home:
                 with contextlib.suppress(OSError):
                     path.parent.rmdir()  # gradio's per-upload folder, once empty
         self.uploads.clear()
@@ -288,7 +293,7 @@ class Session:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
-        self.results = self.video = None
+        self.results = None
 
     def forget(self, store: ArrayStore | None) -> None:
         """Delete everything this session made: its store files, its folder, its arrays in memory."""
@@ -296,6 +301,9 @@ class Session:
             store.drop_session(self.id)
         self.delete_folder()
         self.delete_uploads()
+        if self.video_home is not None:
+            shutil.rmtree(self.video_home, ignore_errors=True)
+            self.video_home = self.video = None
         self.photo_key = self.size = self.preview = self.embedding = self.backdrop = None
         self.retired_keys.clear()
         self.clear_prompts()
@@ -427,7 +435,8 @@ class Sessions:
 
     def folders(self) -> set[Path]:
         with self._lock:
-            return {session.folder for session in self._sessions.values() if session.folder is not None}
+            homes = [(session.folder, session.video_home) for session in self._sessions.values()]
+            return {folder for pair in homes for folder in pair if folder is not None}
 
     def close(self) -> None:
         """End every session and delete every folder of ours in gradio's cache, /cutout results included

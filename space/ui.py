@@ -244,6 +244,11 @@ def _picture(
     return str(path)
 
 
+def _video_picture(session: Session, name: str, array: np.ndarray) -> str | None:
+    """A picture of the Video tab, in its own folder of the session (a new photo does not delete it)."""
+    return _picture(session, name, array, folder=session.video_folder(_cache_root()))
+
+
 def _editor_value(session: Session) -> dict[str, Any] | None:
     view = _picture(session, "trimap", session.trimap_view(), "png")
     return None if view is None else {"background": view, "layers": [], "composite": None}
@@ -757,7 +762,7 @@ def build_demo(settings: Settings) -> gr.Blocks:
                         api_visibility="private",
                     )
             with gr.Tab("Video", elem_id="video-tab"):
-                build_video_tab(settings, runtime, VideoHost(_session, _picture, lambda: _cache_root()))
+                build_video_tab(settings, runtime, VideoHost(_session, _video_picture, lambda: _cache_root()))
         # After the tabs: /cutout's hidden components would otherwise split the tabs into two tab bars.
         _connect(page, settings)
         demo.unload(on_unload)

@@ -258,7 +258,7 @@ def test_the_video_tabs_files_live_in_the_session_and_go_with_it(app, sessions, 
     temp_before, cache_before = set(temp.glob("mematte-video-*")), files_under(cache)
     (cache / "upload-clip").mkdir(parents=True, exist_ok=True)
     clip = make_clip(cache / "upload-clip" / "clip.mp4", frames=6, width=96, height=64)  # gradio's copy of an upload
-    handlers = _Handlers(SimpleNamespace(), runtime, VideoHost(ui._session, ui._picture, ui._cache_root))
+    handlers = _Handlers(SimpleNamespace(), runtime, VideoHost(ui._session, ui._video_picture, ui._cache_root))
     tab = Request("video")
     state, frame, _ = handlers.on_clip(str(clip), tab)
     clip.unlink()  # gradio's cache sweep deletes the upload --keep-seconds after it arrived, even mid-matte
@@ -266,7 +266,8 @@ def test_the_video_tabs_files_live_in_the_session_and_go_with_it(app, sessions, 
     state, frame, _ = handlers.on_typed(state, f"{x:.0f},{y:.0f}", "", tab)
     gallery = handlers.on_preview(state, tab)
     shown, alpha, rgba, composite, status = handlers.on_matte(state, 0.0, "#00ff00", tab)
-    session_folder = sessions.get("video").folder
+    ui.on_upload(photo_file(tmp_path, 1), tab)  # a photo in the Photo tab of the same tab leaves the video alone
+    session_folder = sessions.get("video").video_home
     for path in (frame, *(picture for picture, _ in gallery), shown, alpha, rgba, composite):
         assert Path(path).is_file() and Path(path).is_relative_to(session_folder), path
     assert set(temp.glob("mematte-video-*")) == temp_before, "nothing in TMPDIR"
