@@ -462,7 +462,8 @@ class _Handlers:
 
     def on_preview(self, state: VideoSession, request: gr.Request) -> list:
         session = self._session(request)
-        gallery = preview(state, self.runtime, self.settings)
+        with _in_flight(session):
+            gallery = preview(state, self.runtime, self.settings)
         return [(self._picture(session, "preview", picture), caption) for picture, caption in gallery]
 
     def on_matte(self, state: VideoSession, smoothing: float, background: str, request: gr.Request) -> tuple:
@@ -471,11 +472,8 @@ class _Handlers:
             return matte(state, smoothing, background, self.runtime, self.settings)
         with _open(session):
             folder = session.new_video_folder(self.host.cache_root())
-            session.begin_work()  # the clip and the folder stay while the matte reads and writes them
-        try:
+        with _in_flight(session):
             outputs = matte(state, smoothing, background, self.runtime, self.settings, output=str(folder))
-        finally:
-            session.finish_work(app_runtime.store())
         with _open(session):  # the tab closed meanwhile: the files went with it
             return outputs
 
@@ -492,6 +490,21 @@ class _Handlers:
             return array
         with _open(session):
             return self.host.picture(session, name, array)
+
+
+@contextlib.contextmanager
+def _in_flight(session: Any | None) -> Iterator[None]:
+    """Count the block as the session's work in flight: the session (its clip, its folders) is neither swept
+    nor evicted meanwhile, and a tab closed meanwhile loses its files when the work ends."""
+    if session is None:
+        yield
+        return
+    with _open(session):
+        session.begin_work()
+    try:
+        yield
+    finally:
+        session.finish_work(app_runtime.store())
 
 
 @contextlib.contextmanager
