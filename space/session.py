@@ -375,8 +375,6 @@ class Sessions:
         evicted = []
         with self._lock:
             session = self._sessions.get(key)
-            if session is None and self._notices.get(key) == CLOSED_NOTICE:
-                return Session(ended=True, notice=CLOSED_NOTICE)  # a late request of a closed tab: nothing is kept
             if session is None:
                 session = Session(notice=self._notices.pop(key, None))
                 self._sessions[key] = session
@@ -414,7 +412,9 @@ class Sessions:
             session = self._sessions.pop(key, None)
         if session is not None:
             self._end(None, session, None)
-        self._remember(key, CLOSED_NOTICE)  # a request of this tab still queued must not open a new session
+        # gradio also runs the unload event when a still-open tab's heartbeat reconnects: its next request then
+        # starts a new session, which says why the photo is gone
+        self._remember(key, CLOSED_NOTICE)
         return session is not None
 
     def sweep(self, now: float | None = None) -> int:
@@ -474,7 +474,10 @@ EXPIRED_NOTICE = "your session expired after {idle} idle and its files were dele
 def idle_time(seconds: float) -> str:
     """'10 minutes', '90 seconds': how long a session may stay idle, as the visitor reads it."""
     return f"{round(seconds / 60)} minutes" if seconds >= 120 else f"{round(seconds)} seconds"
-CLOSED_NOTICE = ENDED_NOTICE
+CLOSED_NOTICE = (
+    "this tab's session was closed (the tab was closed or lost its connection) and its files were deleted: "
+    "upload again"
+)
 EVICTED_NOTICE = (
     "your session was closed to make room for other visitors (the server holds a limited number) and its files "
     "were deleted: upload again"

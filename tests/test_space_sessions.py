@@ -165,14 +165,14 @@ def test_a_handler_that_fetched_its_session_before_the_tab_closed_writes_nothing
     assert not ui.store().files() and not files_under(folder / "cache")
 
 
-def test_a_request_of_a_closed_tab_that_was_still_queued_opens_no_session(app, sessions, tmp_path):
+def test_a_tab_whose_session_was_closed_is_told_why_its_photo_is_gone(app, sessions, tmp_path):
+    """gradio runs the unload event when a tab closes, and also when an open tab's heartbeat reconnects."""
     runtime, ui, folder = app
-    cache_before = files_under(folder / "cache")
-    ready_to_run(ui, tmp_path, "closed")
-    ui.on_unload(Request("closed"))
-    with pytest.raises(gr.Error, match="session has ended"):
-        ui.on_upload(photo_file(tmp_path, 2), Request("closed"))  # queued before the tab closed
-    assert len(sessions) == 0 and not ui.store().files() and files_under(folder / "cache") == cache_before
+    ready_to_run(ui, tmp_path, "reconnected")
+    ui.on_unload(Request("reconnected"))
+    assert not ui.store().files()
+    with pytest.raises(gr.Error, match="session was closed .* upload again"):
+        run(ui, "reconnected")
 
 
 def test_a_tab_closed_during_a_matte_leaves_no_file_once_the_matte_ends(app, sessions, tmp_path, monkeypatch):
