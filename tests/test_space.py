@@ -302,9 +302,17 @@ def test_mcp_serves_the_cutout_endpoint_as_its_tool(models, prompts, tmp_path, p
             tools = json.load(response)
         assert [tool["name"] for tool in tools] == ["cutout"], tools
         assert "text" in json.dumps(tools[0]) and "points" in json.dumps(tools[0])
+        before = files_under(url.cache, url.temp)
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
         alpha, rgba = client.predict(handle_file(str(photo)), "", "[[550, 350]]", "", api_name="/cutout")
         assert Image.open(alpha).size == Image.open(rgba).size == (WIDTH, HEIGHT)
+        notes = tmp_path / "notes.png"
+        notes.write_text("not an image")
+        with pytest.raises(AppError, match="not a readable image"):
+            client.predict(handle_file(str(notes)), "", "[[5, 5]]", "", api_name="/cutout")
+        left = files_under(url.cache, url.temp) - before
+        assert len(left) == 2 and all(path.parent.name.startswith("mematte-downloads-") for path in left), (
+            "only the two result PNGs stay (for --keep-seconds): the upload and the refused upload are gone", left)
 
 
 def wait_until(condition, what: str, seconds: float = 30) -> None:
