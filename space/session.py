@@ -571,11 +571,14 @@ def safe_stem(name: str | None) -> str:
     return stem[:60] or "photo"
 
 
-def write_downloads(folder: str | Path, name: str, alpha: np.ndarray, rgba: np.ndarray) -> list[Path]:
-    """Write the full-resolution alpha (8 and 16 bit) and RGBA PNGs into ``folder``."""
+def write_downloads(
+    folder: str | Path, name: str, alpha: np.ndarray, rgba: np.ndarray, eight_bit: bool = True
+) -> list[Path]:
+    """Write the full-resolution alpha (8 bit unless not ``eight_bit``, and 16 bit) and RGBA PNGs into
+    ``folder``."""
     folder = Path(folder)
-    return [
-        Path(save_alpha_png(folder / f"{name}_alpha.png", alpha, bits=8)),
+    files = [Path(save_alpha_png(folder / f"{name}_alpha.png", alpha, bits=8))] if eight_bit else []
+    return files + [
         Path(save_alpha_png(folder / f"{name}_alpha_16bit.png", alpha, bits=16)),
         Path(save_rgba_png(folder / f"{name}_cutout_rgba.png", rgba)),
     ]

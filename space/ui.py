@@ -659,7 +659,7 @@ def cutout(image: Any, text: str = "", points: str = "", box: str = "") -> tuple
         result = _matte(session.id, session.photo_key, trimap_key, session.trimap, CAP_AUTO)
         folder = Path(_cache_root()) / f"{DOWNLOAD_PREFIX}{session.id}"
         folder.mkdir(parents=True, exist_ok=True)
-        _, alpha16, rgba = write_downloads(folder, session.name, result.alpha_float, result.rgba())
+        alpha16, rgba = write_downloads(folder, session.name, result.alpha_float, result.rgba(), eight_bit=False)
         return str(alpha16), str(rgba)
     finally:
         store().drop_session(session.id)
