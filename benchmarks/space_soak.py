@@ -84,11 +84,14 @@ def soak(tmp: Path, request_count: int, session_count: int) -> int:
 
         big_layer = tmp / "big_layer.png"
         Image.fromarray(np.zeros((768, 1024, 4), dtype=np.uint8)).save(big_layer)
-        started = time.monotonic()
-        for _ in range(session_count):
+        started, after_first = time.monotonic(), 0
+        for index in range(session_count):
             tab = Client(url, verbose=False, download_files=downloads)
             with open_tab(url, tab.session_hash):
                 flow(tab, big, big_layer, x=2000, y=1500)
+            if index == 0:
+                time.sleep(5)
+                after_first = resident_memory(url.pid)  # the first 12 MP matte sets the working set's high water
         time.sleep(5)  # the unload events of the closed tabs
         after_sessions = resident_memory(url.pid)
         print(f"{session_count} sessions of a 12 MP photo (upload, click, painted correction, Cut out, tab closed) "
@@ -96,12 +99,13 @@ def soak(tmp: Path, request_count: int, session_count: int) -> int:
         mib = 2**20
         print(f"resident memory: {baseline / mib:.0f} MiB after the first flow, {after_requests / mib:.0f} MiB after "
               f"the requests ({after_requests / baseline - 1:+.1%}), {after_sessions / mib:.0f} MiB after the "
-              f"sessions ({after_sessions / baseline - 1:+.1%})")  # fmt: skip
+              f"sessions ({after_sessions / baseline - 1:+.1%}); {after_first / mib:.0f} MiB after the first 12 MP "
+              f"session, so the other {session_count - 1} added {after_sessions / after_first - 1:+.1%}")  # fmt: skip
         del client  # its session is still open: its files are named below
         left = sorted(files_under(url.cache, url.temp) - before)
         unnamed = [path for path in left if not named_in_readme(path, url.cache, url.temp)]
         print(f"files left while the first tab and the /cutout results are kept: {len(left)}; not named: {unnamed}")
-    return 0 if not unnamed and after_sessions <= 1.1 * baseline else 1
+    return 0 if not unnamed and after_sessions <= 1.1 * after_first else 1
 
 
 def named_in_readme(path: Path, cache: Path, temp: Path) -> bool:

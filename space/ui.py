@@ -460,13 +460,14 @@ def on_run(
 ) -> tuple:
     """The matte at full resolution, its previews, the routing overlays, the numbers and the downloads."""
     session = _session(request)
+    layers = editor_layers(editor, session)  # first: the editor's uploads go whatever is refused next
     backdrop = _colour(colour)  # checked before any model work
     cap = cap_setting(cap_mode, cap_k)
     with _working_on(session):
         photo_key = session.require_photo()
         if session.mask is not None and band_width(band, session.size) != session.band_width:
             _set_mask(session, session.mask, session.score, band)  # a width typed in fires no release event
-        trimap, changed = apply_corrections(session.require_trimap(), editor_layers(editor, session))
+        trimap, changed = apply_corrections(session.require_trimap(), layers)
         trimap_key = store().put(session.id, unique_name("trimap"), trimap)  # this run's own: runs may overlap
         session_id, name, scale, preview = session.id, session.name, session.scale, session.preview
         session.begin_work()  # from here until the run ends, the session is neither evicted nor swept

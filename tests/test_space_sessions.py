@@ -298,6 +298,11 @@ def test_the_editors_uploads_are_deleted_once_read(app, sessions, tmp_path):
     outputs = ui.on_run(editor, 0, "auto", 18500, "#ffffff", Request("painter"), progress=no_progress)
     assert "brush corrections changed" in outputs[4] or (sessions.get("painter").trimap[:, 0] == 0).all()
     assert not files_under(uploads), "the layer, the background and the composite the page sent are deleted"
+    Image.fromarray(layer).save(uploads / "layer.png")
+    with pytest.raises(gr.Error, match="Upload a photo first"):  # a run refused: its layer goes all the same
+        ui.on_run({"layers": [{"path": str(uploads / "layer.png")}]}, 0, "auto", 18500, "#ffffff", Request("new"),
+                  progress=no_progress)  # fmt: skip
+    assert not files_under(uploads)
 
 
 def test_an_upload_that_cutout_refuses_is_deleted(app, sessions):
