@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import is_torchvision_available, logging
 
+from .devices import resolve_device
 from .errors import CheckpointError, HubError, InputError
 from .trimap import mask_to_trimap
 
@@ -192,7 +193,7 @@ class ClickSegmenter:
                 ``cache_dir``, ``local_files_only``, ...).
         """
         path = os.fspath(model_id_or_path)
-        device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(device)  # a clear error for a device this machine lacks, before loading
         if _resolve_backend(backend, path) == "segment_anything":
             model = _load_segment_anything(path, sam_model_type)
             return cls(model, device=device, dtype=dtype)

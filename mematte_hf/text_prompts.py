@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from transformers.utils import is_torchvision_available
 
+from .devices import resolve_device
 from .errors import CheckpointError, InputError
 from .segmentation import ClickSegmenter, ImageEmbedding, MissingBackendError, _check_image, _hub_errors
 
@@ -49,7 +50,13 @@ DETECTOR_TYPES = {
 }
 SAM3_TYPE = "sam3"
 SAM3_THRESHOLD = 0.5
-_PHRASE_SEPARATORS = re.compile(r"[,.;\n]+")
+# Commas, semicolons, new lines, and periods that are not a decimal point ("3.5 inch" stays one phrase).
+_PHRASE_SEPARATORS = re.compile(r"(?:[,;\n]|(?<!\d)\.|\.(?!\d))+")
+#: A box is kept when its score is at least this fraction of the best score of its phrase: what a person means
+#: by "the dog" is the best match and those nearly as good, not every box above the detector's threshold.
+RELATIVE_SCORE = 0.5
+#: Boxes of one phrase overlapping a better one by more than this intersection-over-union are the same object.
+NMS_IOU = 0.5
 
 
 class NothingFoundError(InputError):
@@ -127,6 +134,7 @@ class TextDetector:
         phrases = split_phrases(text)
         threshold = self.threshold if threshold is None else float(threshold)
         height, width = image.shape[:2]
+        self._check_lengths(phrases)
         if self.model_type == "grounding-dino":
             # Grounding DINO reads one caption of period-terminated phrases.
             inputs = self.processor(images=image, text=". ".join(phrases) + ".", return_tensors="pt")
@@ -140,18 +148,61 @@ class TextDetector:
             # Phrases of different lengths are padded to one tensor (OWL pools each at its end-of-text token).
             inputs = self.processor(images=image, text=[phrases], padding=True, return_tensors="pt")
             outputs = self.model(**inputs.to(self.device))
-            # OWL pads the photo to a square at the bottom / right; its boxes are fractions of that square.
+            # OWLv2 pads the photo to a square at the bottom / right, so its boxes are fractions of that square;
+            # OWL-ViT (v1) stretches the photo to its square input, so its boxes are fractions of the photo.
             side = max(height, width)
+            canvas = (side, side) if self.model_type == "owlv2" else (height, width)
             found = self.processor.post_process_grounded_object_detection(
-                outputs, threshold=threshold, target_sizes=[(side, side)]
+                outputs, threshold=threshold, target_sizes=[canvas]
             )[0]
             labels = [phrases[int(index)] for index in found["labels"]]
         boxes = found["boxes"].float().cpu().numpy().reshape(-1, 4)
         boxes = np.clip(boxes, 0, [width, height, width, height])
         scores = found["scores"].float().cpu().numpy().reshape(-1)
         kept = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)  # no empty box after clipping
+        kept &= _meant(boxes, scores, labels)
         order = np.argsort(-scores[kept], kind="stable")
         return Detections(boxes[kept][order], scores[kept][order], [labels[i] for i in np.flatnonzero(kept)[order]])
+
+    def _check_lengths(self, phrases: list[str]) -> None:
+        """Refuse a phrase longer than the text positions the detector has (OWLv2 reads 16 tokens), before the
+        model runs into a shape mismatch."""
+        text_config = getattr(self.model.config, "text_config", None)
+        positions = getattr(text_config, "max_position_embeddings", None)
+        if positions is None or self.model_type == "grounding-dino":
+            return  # Grounding DINO reads the whole caption (256 tokens); the processor truncates beyond
+        for phrase in phrases:
+            tokens = len(self.processor.tokenizer(phrase)["input_ids"])
+            if tokens > positions:
+                raise InputError(
+                    f"the phrase {phrase!r} is {tokens} tokens long; this {self.model_type} detector reads at most "
+                    f"{positions}: say it in fewer words (e.g. \"the dog\"), or separate things with commas"
+                )
+
+
+def _meant(boxes: np.ndarray, scores: np.ndarray, labels: list[str]) -> np.ndarray:
+    """Which boxes a person means, per phrase: those scoring at least ``RELATIVE_SCORE`` of the phrase's best,
+    without the ones that mostly repeat a better box of the phrase (non-maximum suppression)."""
+    keep = np.zeros(len(scores), dtype=bool)
+    for phrase in set(labels):
+        members = np.array([index for index, label in enumerate(labels) if label == phrase])
+        members = members[scores[members] >= RELATIVE_SCORE * scores[members].max()]
+        for index in members[np.argsort(-scores[members], kind="stable")]:
+            kept = np.flatnonzero(keep)
+            kept = kept[[labels[k] == phrase for k in kept]] if len(kept) else kept
+            if not len(kept) or box_iou(boxes[index], boxes[kept]).max() <= NMS_IOU:
+                keep[index] = True
+    return keep
+
+
+def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Intersection over union of one (x0, y0, x1, y1) box with each of ``others`` (N, 4)."""
+    width = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
+    height = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
+    intersection = width * height
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    return intersection / np.maximum(area + areas - intersection, 1e-9)
 
 
 def _closest_phrase(label: str, phrases: list[str]) -> str:
@@ -315,7 +366,7 @@ def load_text_model(
     from transformers import AutoConfig, AutoProcessor
 
     path = os.fspath(model_id_or_path)
-    device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)  # a clear error for a device this machine lacks, before loading
     with _hub_errors(path):
         config = AutoConfig.from_pretrained(path, **hub_kwargs)
         model_type = config.model_type

@@ -38,20 +38,42 @@ import numpy as np
 from .settings import Settings
 from .store import store
 
-# Seconds per megapixel of a matte with foreground colours, measured on an H200 (GPU-NOTES.md: 3840 x 2160,
-# model 0.67 s + foreground 0.59 s = 1.26 s for 8.3 MP), and how much slower a ZeroGPU slice is assumed to be
-# (a half RTX Pro 6000 Blackwell has about a third of an H200's memory bandwidth, a whole one two thirds).
-H200_MATTE_SECONDS_PER_MEGAPIXEL = 1.26 / 8.29
-SLICE_SLOWDOWN = {"large": 3.0, "xlarge": 1.5}
+# GPU seconds on an H200 (GPU-NOTES.md, 3840 x 2160 = 8.29 MP: the model 0.67 s, the foreground colours 0.59 s;
+# the SAM 2 tracker is assumed at 0.03 s a frame at its 1024 px input). ``spaces`` converts the seconds asked
+# for to the slice it gives (on a half RTX Pro 6000 Blackwell, "large", it multiplies them by its
+# ``duration_factor``, 1.5), so the app asks for H200 seconds, with one margin, and nothing more.
+H200_MODEL_SECONDS_PER_MEGAPIXEL = 0.67 / 8.29
+H200_FOREGROUND_SECONDS_PER_MEGAPIXEL = 0.59 / 8.29
+H200_MATTE_SECONDS_PER_MEGAPIXEL = H200_MODEL_SECONDS_PER_MEGAPIXEL + H200_FOREGROUND_SECONDS_PER_MEGAPIXEL
+H200_TRACKER_SECONDS_PER_FRAME = 0.03
+MARGIN = 2.0  # the one margin: for a busy slice, and the first call's CUDA start
 # Every call also pays for the worker's start and the model's move to the GPU; SAM's encoder and a detector
 # take well under a second on one image at their fixed input size.
-CALL_OVERHEAD_SECONDS, MAX_SECONDS = 8, 120
+CALL_OVERHEAD_SECONDS = 8
 SEGMENT_SECONDS = 10
+#: The longest call the platform is asked for, in seconds after its ``duration_factor``: ZeroGPU refuses a call
+#: whose charged duration is above the visitor's per-call maximum, so longer work (a video) is split.
+PLATFORM_MAX_CHARGED_SECONDS = 120
+#: The ``duration_factor`` of the installed ``spaces`` for a "large" slice (an "xlarge" one is not multiplied).
+LARGE_DURATION_FACTOR = 1.5
+GPU_SIZES = ("large", "xlarge")
 #: The ZeroGPU slice asked for: "large" is half an RTX Pro 6000 Blackwell (48 GB), "xlarge" a whole one (96 GB).
 #: An environment variable, not an option: ``spaces.GPU`` is applied when this module is imported.
 GPU_SIZE = os.environ.get("MEMATTE_GPU_SIZE", "large").strip() or "large"
-if GPU_SIZE not in SLICE_SLOWDOWN:
-    raise SystemExit(f"app.py: error: MEMATTE_GPU_SIZE={GPU_SIZE!r} is not one of {', '.join(SLICE_SLOWDOWN)}")
+if GPU_SIZE not in GPU_SIZES:
+    raise SystemExit(f"app.py: error: MEMATTE_GPU_SIZE={GPU_SIZE!r} is not one of {', '.join(GPU_SIZES)}")
+
+
+def max_call_seconds(gpu_size: str = GPU_SIZE) -> int:
+    """The most seconds one call may ask for, so that its charged duration stays within the platform's limit."""
+    factor = LARGE_DURATION_FACTOR if gpu_size != "xlarge" else 1.0
+    return int(PLATFORM_MAX_CHARGED_SECONDS / factor)
+
+
+def call_seconds(h200_seconds: float, gpu_size: str = GPU_SIZE) -> int:
+    """Seconds to ask ``spaces.GPU`` for work that takes ``h200_seconds`` on an H200: the call's start, the work
+    with one margin, capped at what one call may ask for."""
+    return int(min(max_call_seconds(gpu_size), np.ceil(CALL_OVERHEAD_SECONDS + MARGIN * h200_seconds)))
 
 
 def zero_gpu_requested(environ: dict[str, str] | None = None) -> bool:
@@ -65,9 +87,8 @@ def on_zero_gpu() -> bool:
 
 
 def matte_seconds_for(pixels: int, gpu_size: str = GPU_SIZE) -> int:
-    """GPU seconds to ask for one matte of ``pixels`` on this ZeroGPU slice, with a 2x margin."""
-    seconds = CALL_OVERHEAD_SECONDS + 2 * SLICE_SLOWDOWN[gpu_size] * H200_MATTE_SECONDS_PER_MEGAPIXEL * pixels / 1e6
-    return int(min(MAX_SECONDS, np.ceil(seconds)))
+    """GPU seconds to ask for one matte of ``pixels`` with its foreground colours."""
+    return call_seconds(H200_MATTE_SECONDS_PER_MEGAPIXEL * pixels / 1e6, gpu_size)
 
 
 def matte_seconds(photo_key: str, *args: Any, **kwargs: Any) -> int:
@@ -81,14 +102,13 @@ def segment_seconds(*args: Any, **kwargs: Any) -> int:
 
 
 def choose_device(requested: str | None = None) -> str:
-    """The device the models live on: as asked, else CUDA on ZeroGPU or when present, else the CPU."""
-    if requested:
-        return requested
-    if on_zero_gpu():
+    """The device the models live on: as asked (checked by the library), else CUDA on ZeroGPU, else the
+    library's default (CUDA when present, else the CPU)."""
+    if not requested and on_zero_gpu():
         return "cuda"  # ZeroGPU attaches a GPU inside spaces.GPU calls; models are placed on "cuda" up front
-    import torch
+    from mematte_hf.devices import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve_device(requested))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -168,12 +188,27 @@ def text_model() -> Any | None:
     return _shared("text_model", lambda: _load_text_model(settings()))
 
 
+def tracker_model() -> Any:
+    """The process's SAM 2 / EdgeTAM video model (weights only: each clip gets a tracker of its own)."""
+    return _shared("tracker", lambda: _load_tracker(settings()))
+
+
+def video_tracker() -> Any:
+    """A tracker with no memory of an earlier clip, sharing the process's weights."""
+    from mematte_hf.tracking import Sam2VideoTracker
+
+    return Sam2VideoTracker(tracker_model())
+
+
 def load_models() -> None:
-    """Load the models now; raise :class:`StartupError` with one readable line when one cannot be loaded."""
+    """Load every configured model now, before the server starts (and before ZeroGPU forks its worker, which
+    must not inherit a lock held by a load in progress); raise :class:`StartupError` with one readable line
+    when one cannot be loaded."""
     predictor()
     segmenter()
     click_segmenter()
     text_model()
+    tracker_model()
 
 
 def _load_predictor(config: Settings) -> Any:
@@ -200,6 +235,17 @@ def _load_segmenter(config: Settings, device: str | None = None) -> Any:
             return ClickSegmenter.from_pretrained(config.sam_model, device=device or choose_device(config.device))
     except Exception as error:  # noqa: BLE001
         raise StartupError(_cannot_load("SAM", config.sam_model, error, "--sam-model", "MEMATTE_SAM_MODEL")) from error
+
+
+def _load_tracker(config: Settings) -> Any:
+    from mematte_hf.tracking import DEFAULT_TRACKER, Sam2VideoTracker
+
+    name = config.tracker_model or DEFAULT_TRACKER
+    try:
+        with _quiet_loading():
+            return Sam2VideoTracker.from_pretrained(name, device=choose_device(config.device)).model
+    except Exception as error:  # noqa: BLE001
+        raise StartupError(_cannot_load("tracker", name, error, "--tracker-model", "MEMATTE_TRACKER_MODEL")) from error
 
 
 def _load_text_model(config: Settings) -> Any:
@@ -256,7 +302,48 @@ def _quiet_loading() -> Iterator[None]:
 # the GPU work: arguments are store keys and small values, results are compact CPU arrays
 
 
+def visitor_errors(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Raise the library's errors for visitors as ``gr.Error`` inside a GPU function: ``spaces`` passes a
+    ``gr.Error`` through with its message, and turns any other exception into "ZeroGPU worker error" and the
+    class name alone."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import gradio as gr
+
+        from mematte_hf.errors import MEMatteError
+
+        try:
+            return function(*args, **kwargs)
+        except MEMatteError as error:
+            message = str(error)
+            raise gr.Error(message[:1].upper() + message[1:], print_exception=False) from None
+        except KeyError as error:  # a store key whose session ended meanwhile
+            raise gr.Error(f"Your photo is no longer stored ({error.args[0] if error.args else error}): upload it "
+                           "again", print_exception=False) from None  # fmt: skip
+
+    return wrapper
+
+
+def cpu_copy(value: Any) -> Any:
+    """Tensors that came back from the worker, cloned into this process's memory: ``spaces`` sends them through
+    shared memory (/dev/shm, 64 MB in a container), which a kept SAM embedding would otherwise hold."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if hasattr(value, "features") and hasattr(value, "extra"):  # an ImageEmbedding
+        return type(value)(value.original_size, cpu_copy(value.features), cpu_copy(value.extra), value.resized_size)
+    if isinstance(value, dict):
+        return {key: cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(cpu_copy(item) for item in value)
+    return value
+
+
 @spaces.GPU(duration=segment_seconds, size=GPU_SIZE)
+@visitor_errors
 def embed_photo(photo_key: str) -> Any:
     """SAM's image embedding of the stored photo, moved to the CPU: the session keeps it for every click."""
     image = np.asarray(store().get(photo_key))
@@ -264,6 +351,7 @@ def embed_photo(photo_key: str) -> Any:
 
 
 @spaces.GPU(duration=segment_seconds, size=GPU_SIZE)
+@visitor_errors
 def find_objects(photo_key: str, text: str) -> Any:
     """What the text model finds: a detector's boxes (tiny), or SAM 3's mask packed to one bit per pixel."""
     from mematte_hf.text_prompts import TextDetector
@@ -323,10 +411,13 @@ def prepare_matte(session_id: str, photo_key: str, trimap: np.ndarray) -> str | 
     prepared = predictor().prepare(np.asarray(store().get(photo_key)), trimap)
     if prepared.pixel_values is None:
         return None
-    return store().put(session_id, "pixel_values", prepared.pixel_values.numpy())
+    from .session import unique_name
+
+    return store().put(session_id, unique_name("pixel_values"), prepared.pixel_values.numpy())
 
 
 @spaces.GPU(duration=matte_seconds, size=GPU_SIZE)
+@visitor_errors
 def matte(
     photo_key: str, trimap_key: str, pixel_values_key: str | None, max_global_tokens: int | str | None
 ) -> LeanMatte:

@@ -11,8 +11,10 @@ gradio's cache.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import os
 import re
 import shutil
 import tempfile
@@ -71,14 +73,33 @@ class Session:
     trimap: np.ndarray | None = None  # from the mask, before brush corrections
     cutout_preview: tuple[np.ndarray, np.ndarray] | None = None  # (foreground uint8, alpha uint8) previews
     folder: Path | None = None  # this session's previews and downloads, inside gradio's cache
+    results: Path | None = None  # the last run's previews and downloads, inside ``folder``
+    video_home: Path | None = None  # the Video tab's folder in gradio's cache: its clip, frames and results
+    video: Path | None = None  # the last video matte's files, inside ``video_home``
+    uploads: list[Path] = field(default_factory=list)  # the visitor's uploads in gradio's cache still read (a clip)
+    backdrop: np.ndarray | None = None  # the background picture of the composite, at preview size
     last_active: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    in_flight: int = 0  # runs between their first and last step (the GPU call holds no lock meanwhile)
+    ended: bool = False  # the session was ended; its files are gone (or go when the last run finishes)
+    notice: str | None = None  # why an earlier session of this tab ended, told when the visitor acts again
+    retired_keys: list[str] = field(default_factory=list)  # replaced photos that a run in flight may still read
 
     # -- the photo ------------------------------------------------------------------------------------------
 
     def set_photo(self, store: ArrayStore, image: np.ndarray, name: str) -> None:
-        """Start over on a new photo (clicks, masks, trimap, embedding and results are dropped)."""
-        self.photo_key = store.put(self.id, "photo", image)
+        """Start over on a new photo (clicks, masks, trimap, embedding and results are dropped).
+
+        Each photo is stored under a key of its own, so that a run still reading the previous photo keeps
+        reading it, and notices afterwards that it was superseded; the previous photo is deleted at once when no
+        run is in flight, else when the last one finishes.
+        """
+        self.check_open()
+        previous = self.photo_key
+        self.photo_key = store.put(self.id, unique_name("photo"), image)
+        if previous is not None:
+            self.retired_keys.append(previous)
+            self._delete_retired(store)
         self.size = (int(image.shape[0]), int(image.shape[1]))
         self.name = safe_stem(name)
         self.scale = render.preview_scale(*self.size)
@@ -87,10 +108,37 @@ class Session:
         self.clear_prompts()
 
     def require_photo(self) -> str:
-        """The photo's store key; an InputError when there is no photo yet."""
+        """The photo's store key; an InputError when there is no photo yet (saying why, if it expired)."""
         if self.photo_key is None:
-            raise InputError("upload a photo first (or pick one of the examples)")
+            raise InputError(self.notice or "upload a photo first (or pick one of the examples)")
         return self.photo_key
+
+    # -- work in flight ---------------------------------------------------------------------------------------
+
+    def check_open(self) -> None:
+        """An InputError when this session was ended: nothing may be written into it any more."""
+        if self.ended:
+            raise InputError(self.notice or ENDED_NOTICE)
+
+    def begin_work(self) -> None:
+        """Count a run that goes on without the session's lock (call with the lock held)."""
+        self.check_open()
+        self.in_flight += 1
+
+    def finish_work(self, store: ArrayStore) -> None:
+        """The run is over: replaced photos are deleted, and an ended session's files with the last run."""
+        with self.lock:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._delete_retired(store)
+                if self.ended:
+                    self.forget(store)
+
+    def _delete_retired(self, store: ArrayStore) -> None:
+        if self.in_flight == 0:
+            for key in self.retired_keys:
+                store.remove(key)
+            self.retired_keys.clear()
 
     # -- clicks ---------------------------------------------------------------------------------------------
 
@@ -183,24 +231,98 @@ class Session:
 
     def new_folder(self, root: str | Path) -> Path:
         """A fresh folder for this session's previews and downloads; the previous one is deleted."""
+        self.check_open()
         self.delete_folder()
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         self.folder = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX, dir=root))
         return self.folder
 
+    def new_results_folder(self, root: str | Path) -> Path:
+        """A fresh folder, inside the session's, for one run's results; the previous run's is deleted. The
+        photo's and the outline's previews stay: the page still shows them."""
+        self.check_open()
+        if self.folder is None:
+            self.new_folder(root)
+        if self.results is not None:
+            shutil.rmtree(self.results, ignore_errors=True)
+        self.results = Path(tempfile.mkdtemp(prefix="run-", dir=self.folder))
+        return self.results
+
+    def video_folder(self, root: str | Path) -> Path:
+        """The Video tab's folder of this session (apart from the photo's, which a new photo empties)."""
+        self.check_open()
+        if self.video_home is None:
+            Path(root).mkdir(parents=True, exist_ok=True)
+            self.video_home = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX, dir=root))
+        return self.video_home
+
+    def new_video_folder(self, root: str | Path) -> Path:
+        """A fresh folder, inside :meth:`video_folder`, for one video matte; the previous one is deleted."""
+        home = self.video_folder(root)
+        if self.video is not None:
+            shutil.rmtree(self.video, ignore_errors=True)
+        self.video = Path(tempfile.mkdtemp(prefix="video-", dir=home))
+        return self.video
+
+    def adopt_upload(self, path: str | Path, root: str | Path) -> Path:
+        """The session's own name for an upload (a clip): a hard link in the session's folder, so that gradio's
+        cache sweep (which ages uploads from their arrival) never deletes it under a matte reading it. Both names
+        go with the session; the previous clip with the next one, unless a run still reads it."""
+        home = self.video_folder(root)
+        if self.in_flight == 0:
+            self.delete_uploads()
+        upload = Path(path)
+        own = home / f"{unique_name('clip')}{upload.suffix.lower()}"
+        try:
+            os.link(upload, own)
+        except OSError:  # another file system: a copy
+            shutil.copyfile(upload, own)
+        self.uploads += [upload, own]
+        return own
+
+    def delete_uploads(self) -> None:
+        for path in self.uploads:
+            path.unlink(missing_ok=True)
+            if path.parent != self.video_home:
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()  # gradio's per-upload folder, once empty
+        self.uploads.clear()
+
     def delete_folder(self) -> None:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
+        self.results = None
 
     def forget(self, store: ArrayStore | None) -> None:
         """Delete everything this session made: its store files, its folder, its arrays in memory."""
         if store is not None:
             store.drop_session(self.id)
         self.delete_folder()
-        self.photo_key = self.size = self.preview = self.embedding = None
+        self.delete_uploads()
+        if self.video_home is not None:
+            shutil.rmtree(self.video_home, ignore_errors=True)
+            self.video_home = self.video = None
+        self.photo_key = self.size = self.preview = self.embedding = self.backdrop = None
+        self.retired_keys.clear()
         self.clear_prompts()
+
+    def end(self, store: ArrayStore | None, notice: str | None = None) -> None:
+        """End the session (call with its lock held): its files go now, or when its last run finishes."""
+        self.ended = True
+        self.notice = notice or self.notice
+        if self.in_flight == 0:
+            self.forget(store)
+
+
+def unique_name(kind: str) -> str:
+    """A store name no other photo or run of the session has (``photo-3f2a...``)."""
+    return f"{kind}-{uuid.uuid4().hex[:12]}"
+
+
+#: What a handler says when its session was ended under it (the tab was closed or the server made room).
+ENDED_NOTICE = "this session has ended (the tab was closed or the server made room): reload the page and upload again"
 
 
 def release_freed_memory() -> None:
@@ -240,55 +362,81 @@ class Sessions:
         self.max_sessions = max_sessions
         self.cache_root = cache_root
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._notices: OrderedDict[str, str] = OrderedDict()  # tab -> why its session ended (bounded)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def get(self, session_hash: str | None) -> Session:
-        """This tab's session, created if new (ending the least recently active one when full)."""
+        """This tab's session, created if new (ending the least recently active idle one when full); every call
+        counts as activity. A tab whose earlier session expired or was evicted gets a new one that says so."""
         key = session_hash or "anonymous"
         evicted = []
         with self._lock:
             session = self._sessions.get(key)
             if session is None:
-                session = Session()
+                session = Session(notice=self._notices.pop(key, None))
                 self._sessions[key] = session
-                while len(self._sessions) > self.max_sessions:
-                    evicted.append(self._sessions.popitem(last=False)[1])
+                evicted = self._make_room(keep=key)
             self._sessions.move_to_end(key)
             session.last_active = time.monotonic()
-        for old in evicted:
-            self._end(old)
+        for old_key, old in evicted:
+            self._end(old_key, old, EVICTED_NOTICE)
         return session
 
-    def end(self, session_hash: str | None) -> bool:
-        """End this tab's session (the tab closed); returns whether there was one."""
+    def touch(self, session_hash: str | None) -> None:
+        """Count an event of the page as activity (painting in the editor, say), without creating a session."""
         with self._lock:
-            session = self._sessions.pop(session_hash or "anonymous", None)
+            session = self._sessions.get(session_hash or "anonymous")
+            if session is not None:
+                session.last_active = time.monotonic()
+                self._sessions.move_to_end(session_hash or "anonymous")
+
+    def _make_room(self, keep: str) -> list[tuple[str, Session]]:
+        """Pop the least recently active sessions over ``max_sessions``, never one with work in flight (the
+        registry may then hold more than the maximum until that work ends). Call with the registry's lock."""
+        evicted = []
+        for key in list(self._sessions):
+            if len(self._sessions) <= self.max_sessions:
+                break
+            if key != keep and not _busy(self._sessions[key]):
+                evicted.append((key, self._sessions.pop(key)))
+        return evicted
+
+    def end(self, session_hash: str | None) -> bool:
+        """End this tab's session (the tab closed); returns whether there was one. A run still in flight
+        finishes, and the session's files go with it."""
+        key = session_hash or "anonymous"
+        with self._lock:
+            session = self._sessions.pop(key, None)
         if session is not None:
-            self._end(session)
+            self._end(None, session, None)
+        # gradio also runs the unload event when a still-open tab's heartbeat reconnects: its next request then
+        # starts a new session, which says why the photo is gone
+        self._remember(key, CLOSED_NOTICE)
         return session is not None
 
     def sweep(self, now: float | None = None) -> int:
-        """End sessions idle for ``keep_seconds`` and delete download folders older than that; returns how many
-        sessions ended."""
+        """End sessions idle for ``keep_seconds`` (not those with work in flight) and delete download folders
+        older than that; returns how many sessions ended."""
         now = time.monotonic() if now is None else now
         with self._lock:
             expired = [
                 key
                 for key, session in self._sessions.items()
-                if now - session.last_active > self.keep_seconds and not session.lock.locked()  # not mid-request
+                if now - session.last_active > self.keep_seconds and not _busy(session)
             ]
-            sessions = [self._sessions.pop(key) for key in expired]
-        for session in sessions:
-            self._end(session)
+            sessions = [(key, self._sessions.pop(key)) for key in expired]
+        for key, session in sessions:
+            self._end(key, session, EXPIRED_NOTICE.format(idle=idle_time(self.keep_seconds)))
         sweep_downloads(self.cache_root(), self.keep_seconds, active=self.folders())
         return len(sessions)
 
     def folders(self) -> set[Path]:
         with self._lock:
-            return {session.folder for session in self._sessions.values() if session.folder is not None}
+            homes = [(session.folder, session.video_home) for session in self._sessions.values()]
+            return {folder for pair in homes for folder in pair if folder is not None}
 
     def close(self) -> None:
         """End every session and delete every folder of ours in gradio's cache, /cutout results included
@@ -297,13 +445,44 @@ class Sessions:
             sessions = list(self._sessions.values())
             self._sessions.clear()
         for session in sessions:
-            self._end(session)
+            self._end(None, session, None)
         sweep_downloads(self.cache_root(), keep_seconds=-1)
 
-    def _end(self, session: Session) -> None:
-        with session.lock:  # a request of this session still running finishes first
-            session.forget(self.store)
+    def _end(self, key: str | None, session: Session, notice: str | None) -> None:
+        """End ``session``; with a ``key``, the tab's next request is told ``notice`` (why it ended)."""
+        with session.lock:  # a step of this session still running finishes first
+            session.end(self.store, notice)
+        if key is not None and notice is not None:
+            self._remember(key, notice)
         release_freed_memory()
+
+    def _remember(self, key: str, notice: str) -> None:
+        with self._lock:
+            self._notices[key] = notice
+            while len(self._notices) > _MAX_NOTICES:
+                self._notices.popitem(last=False)
+
+
+def _busy(session: Session) -> bool:
+    """Whether a step of the session runs now (its lock is held) or a run of it is in flight."""
+    return session.in_flight > 0 or session.lock.locked()
+
+
+EXPIRED_NOTICE = "your session expired after {idle} idle and its files were deleted: upload again"
+
+
+def idle_time(seconds: float) -> str:
+    """'10 minutes', '90 seconds': how long a session may stay idle, as the visitor reads it."""
+    return f"{round(seconds / 60)} minutes" if seconds >= 120 else f"{round(seconds)} seconds"
+CLOSED_NOTICE = (
+    "this tab's session was closed (the tab was closed or lost its connection) and its files were deleted: "
+    "upload again"
+)
+EVICTED_NOTICE = (
+    "your session was closed to make room for other visitors (the server holds a limited number) and its files "
+    "were deleted: upload again"
+)
+_MAX_NOTICES = 1000  # tabs whose ended session is remembered, so that memory stays bounded
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -381,23 +560,6 @@ def global_token_cap(mode: str, k: float | None) -> int | str:
     return int(k)
 
 
-_RGB_FUNCTION = re.compile(r"rgba?\(\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)\s*(?:,\s*[\d.]+\s*)?\)")
-
-
-def parse_colour(text: str | None) -> tuple[int, int, int]:
-    """A colour picker's value ('#rrggbb', '#rgb', 'rgb(...)', 'rgba(...)' or a CSS name) as an RGB tuple."""
-    from PIL import ImageColor
-
-    text = (text or "").strip()
-    match = _RGB_FUNCTION.fullmatch(text)
-    if match:
-        return tuple(min(255, round(float(value))) for value in match.groups())  # type: ignore[return-value]
-    try:
-        return tuple(ImageColor.getrgb(text)[:3])  # type: ignore[return-value]
-    except ValueError:
-        raise InputError(f"{text!r} is not a colour: pick one, or type it as #rrggbb") from None
-
-
 # ----------------------------------------------------------------------------------------------------------
 # downloads
 
@@ -409,11 +571,14 @@ def safe_stem(name: str | None) -> str:
     return stem[:60] or "photo"
 
 
-def write_downloads(folder: str | Path, name: str, alpha: np.ndarray, rgba: np.ndarray) -> list[Path]:
-    """Write the full-resolution alpha (8 and 16 bit) and RGBA PNGs into ``folder``."""
+def write_downloads(
+    folder: str | Path, name: str, alpha: np.ndarray, rgba: np.ndarray, eight_bit: bool = True
+) -> list[Path]:
+    """Write the full-resolution alpha (8 bit unless not ``eight_bit``, and 16 bit) and RGBA PNGs into
+    ``folder``."""
     folder = Path(folder)
-    return [
-        Path(save_alpha_png(folder / f"{name}_alpha.png", alpha, bits=8)),
+    files = [Path(save_alpha_png(folder / f"{name}_alpha.png", alpha, bits=8))] if eight_bit else []
+    return files + [
         Path(save_alpha_png(folder / f"{name}_alpha_16bit.png", alpha, bits=16)),
         Path(save_rgba_png(folder / f"{name}_cutout_rgba.png", rgba)),
     ]

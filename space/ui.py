@@ -23,6 +23,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from mematte_hf.colours import parse_colour
 from mematte_hf.errors import InputError, MEMatteError
 from mematte_hf.image_io import load_image
 from mematte_hf.memory import format_bytes
@@ -43,12 +44,13 @@ from .session import (
     Sessions,
     apply_corrections,
     global_token_cap,
-    parse_colour,
+    idle_time,
+    unique_name,
     write_downloads,
 )
 from .settings import Settings
 from .store import store
-from .video_tab import build_video_tab
+from .video_tab import VideoHost, build_video_tab
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +58,13 @@ TITLE = "MEMatte: cut out anything, at full resolution"
 INTRO = """
 Upload a photo, say what to cut out (or click on it), then **Cut out**. The result has soft edges (hair, fur,
 glass) and is computed at the photo's full resolution; the pictures here are small previews, the downloads are
-full size. Your photo and results are deleted when you close this tab.
+full size. Your photo or clip, its previews and your results are kept on this server only for this tab: they
+are deleted when you close it, or after {idle} without activity.
 """
+
+
+def _intro(keep_seconds: int) -> str:
+    return INTRO.format(idle=idle_time(keep_seconds))
 CLICK_CHOICES = [("Add to the object", FOREGROUND_POINT), ("Remove from it", BACKGROUND_POINT),
                  ("Box corner (2 clicks)", BOX_CORNER)]  # fmt: skip
 CAP_CHOICES = [("auto (fits the memory budget)", CAP_AUTO), ("fixed k", CAP_FIXED), ("no cap", CAP_NONE)]
@@ -123,8 +130,10 @@ def _session(request: gr.Request | None) -> Session:
 
 @contextlib.contextmanager
 def _working_on(session: Session) -> Iterator[Session]:
-    """Hold the session's lock for a step; the step's end counts as the session's last action."""
+    """Hold the session's lock for a step; the step's end counts as the session's last action. A session ended
+    while the step waited for the lock (tab closed, expired, evicted) is refused: nothing is written into it."""
     with session.lock:
+        session.check_open()
         try:
             yield session
         finally:
@@ -172,6 +181,32 @@ def _delete_upload(path: str | None) -> None:
         Path(path).unlink(missing_ok=True)
 
 
+def editor_layers(editor: dict[str, Any] | None, session: Session) -> list[np.ndarray]:
+    """The brush layers of the editor's value, as RGBA arrays. The page sends the editor's layers, its background
+    and its composite as uploads (files in gradio's cache): they are deleted once read, except the outline
+    picture that the session drew itself and the page still shows."""
+    if not editor:
+        return []
+    layers, uploads = [], [upload_path(editor.get("background")), upload_path(editor.get("composite"))]
+    try:
+        for layer in editor.get("layers") or []:
+            if isinstance(layer, np.ndarray):  # already decoded (a Python caller)
+                layers.append(layer)
+                continue
+            path = upload_path(layer)
+            uploads.append(path)
+            if path:
+                with Image.open(path) as image:
+                    layers.append(np.asarray(image.convert("RGBA")))
+    except (OSError, ValueError) as error:
+        raise InputError(f"the brush layer could not be read ({type(error).__name__}): paint again") from None
+    finally:
+        for path in uploads:
+            if path and not (session.folder is not None and Path(path).is_relative_to(session.folder)):
+                _delete_upload(path)
+    return layers
+
+
 def band_width(value: float | None, size: tuple[int, int]) -> int:
     """The unknown band in pixels: 0 (or empty) means automatic, 1 % of the photo's longer side."""
     if value is None or value == 0:
@@ -189,24 +224,29 @@ def cap_setting(mode: str, k: float | None) -> int | str:
 
 
 def _colour(text: str | None) -> tuple[int, int, int]:
-    try:
-        return parse_colour(text or "#ffffff")
-    except InputError as error:
-        raise InputError(f"background colour: {error}") from None
+    return parse_colour(text or "#ffffff", what="background colour")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # handlers
 
 
-def _picture(session: Session, name: str, array: np.ndarray | None, kind: str = "webp") -> str | None:
-    """Write a preview into the session's folder and return its path (gradio serves it from there)."""
+def _picture(
+    session: Session, name: str, array: np.ndarray | None, kind: str = "webp", folder: Path | None = None
+) -> str | None:
+    """Write a preview into ``folder`` (the session's by default) and return its path (gradio serves it from
+    there)."""
     if array is None:
         return None
-    folder = session.folder or session.new_folder(_cache_root())
+    folder = folder or session.folder or session.new_folder(_cache_root())
     path = folder / f"{name}-{time.monotonic_ns()}.{kind}"
     Image.fromarray(array).save(path, lossless=True) if kind == "webp" else Image.fromarray(array).save(path)
     return str(path)
+
+
+def _video_picture(session: Session, name: str, array: np.ndarray) -> str | None:
+    """A picture of the Video tab, in its own folder of the session (a new photo does not delete it)."""
+    return _picture(session, name, array, folder=session.video_folder(_cache_root()))
 
 
 def _editor_value(session: Session) -> dict[str, Any] | None:
@@ -223,7 +263,18 @@ def _no_results() -> tuple:
 @readable_errors
 def on_upload(photo: Any, request: gr.Request) -> tuple:
     """A new photo: keep it, show its preview, reset prompts and results. A file that is not a usable photo
-    leaves the previous photo and its results as they were, and puts that photo back on screen."""
+    leaves the previous photo and its results as they were, and puts that photo back on screen. The upload is
+    deleted from gradio's cache once read."""
+    return _load_photo(photo, request, delete_upload=True)
+
+
+@readable_errors
+def on_example(path: str, request: gr.Request) -> tuple:
+    """An example: loaded like an upload, but gradio's cached copy is kept (every visitor clicks the same one)."""
+    return _load_photo(path, request, delete_upload=False)
+
+
+def _load_photo(photo: Any, request: gr.Request, delete_upload: bool) -> tuple:
     session = _session(request)
     path = upload_path(photo)
     with _working_on(session):
@@ -231,21 +282,19 @@ def on_upload(photo: Any, request: gr.Request) -> tuple:
             image = read_photo(path, runtime.settings().max_pixels)
         except InputError as error:
             logger.info("refused upload: %s", error)
-            _delete_upload(path)
+            if delete_upload:
+                _delete_upload(path)
             gr.Warning(_sentence(str(error)))
             previous = _picture(session, "photo", session.prompt_view())
             keep = [gr.skip()] * (2 + len(_no_results()))
             return previous, *keep, f"**Not loaded:** {_sentence(str(error))}"
-        _delete_upload(path)
+        if delete_upload:
+            _delete_upload(path)
         session.delete_folder()
         session.set_photo(store(), image, Path(path).name)
         height, width = session.size
         status = f"Photo {width} x {height} px loaded. Say what to cut out and press **Find**, or click on the object."
         return _picture(session, "photo", session.prompt_view()), None, "", *_no_results(), status
-
-
-def on_example(path: str, request: gr.Request) -> tuple:
-    return on_upload(path, request)
 
 
 @readable_errors
@@ -285,7 +334,7 @@ def _find(session: Session, text: str, band: float | None) -> None:
 def _embedding(session: Session) -> Any:
     """The photo's SAM embedding: computed in one GPU call the first time, kept with the session after."""
     if session.embedding is None:
-        session.embedding = runtime.embed_photo(session.require_photo())
+        session.embedding = runtime.cpu_copy(runtime.embed_photo(session.require_photo()))
     return session.embedding
 
 
@@ -411,33 +460,38 @@ def on_run(
 ) -> tuple:
     """The matte at full resolution, its previews, the routing overlays, the numbers and the downloads."""
     session = _session(request)
+    layers = editor_layers(editor, session)  # first: the editor's uploads go whatever is refused next
     backdrop = _colour(colour)  # checked before any model work
     cap = cap_setting(cap_mode, cap_k)
     with _working_on(session):
         photo_key = session.require_photo()
         if session.mask is not None and band_width(band, session.size) != session.band_width:
             _set_mask(session, session.mask, session.score, band)  # a width typed in fires no release event
-        trimap, changed = apply_corrections(session.require_trimap(), (editor or {}).get("layers") or [])
-        trimap_key = store().put(session.id, "trimap", trimap)
+        trimap, changed = apply_corrections(session.require_trimap(), layers)
+        trimap_key = store().put(session.id, unique_name("trimap"), trimap)  # this run's own: runs may overlap
         session_id, name, scale, preview = session.id, session.name, session.scale, session.preview
-    progress(0.1, desc="Computing the matte at full resolution")
-    started = time.perf_counter()
-    result = _matte(session_id, photo_key, trimap_key, trimap, cap)  # no session lock held meanwhile
-    seconds = time.perf_counter() - started
+        session.begin_work()  # from here until the run ends, the session is neither evicted nor swept
+    try:
+        progress(0.1, desc="Computing the matte at full resolution")
+        started = time.perf_counter()
+        result = _matte(session_id, photo_key, trimap_key, trimap, cap)  # no session lock held meanwhile
+        seconds = time.perf_counter() - started
+    finally:
+        session.finish_work(store())
     progress(0.8, desc="Writing the downloads")
     rgba = result.rgba()  # PNG writing and previews: CPU work, outside the GPU call and any shared lock
     alpha = result.alpha_float
     with _working_on(session):
         if session.photo_key != photo_key:
             raise InputError("a new photo was loaded while this one was being matted: press Cut out again")
-        folder = session.new_folder(_cache_root())
+        folder = session.new_results_folder(_cache_root())
         files = write_downloads(folder, name, alpha, rgba)
         small_rgba = render.downscale(rgba, scale)
         session.cutout_preview = (small_rgba[..., :3].copy(), small_rgba[..., 3].copy())
-        before = _picture(session, "before", preview)
-        after = _picture(session, "after", render.cutout_picture(rgba, scale))
-        alpha_view = _picture(session, "alpha", render.alpha_picture(alpha, scale), "png")
-        composite = _picture(session, "composite", _composite_view(session, backdrop, None))
+        before = _picture(session, "before", preview, folder=folder)
+        after = _picture(session, "after", render.cutout_picture(rgba, scale), folder=folder)
+        alpha_view = _picture(session, "alpha", render.alpha_picture(alpha, scale), "png", folder=folder)
+        composite = _picture(session, "composite", _composite_view(session, backdrop), folder=folder)
         gallery = _routing_gallery(session, result)
     if not result.model_ran:
         gr.Warning(_sentence(result.message))
@@ -470,7 +524,8 @@ def _routing_gallery(session: Session, result: Any) -> list[tuple[str, str]] | N
         return None
     pictures = render.routing_pictures(session.preview, session.scale, result.routing_masks)
     return [
-        (_picture(session, f"router{index}", picture), f"router {index + 1}: {fraction:.1%} global")
+        (_picture(session, f"router{index}", picture, folder=session.results),
+         f"router {index + 1}: {fraction:.1%} global")
         for index, (picture, fraction) in enumerate(zip(pictures, result.routed_fraction, strict=True))
     ]
 
@@ -512,25 +567,52 @@ def _cap_text(result: Any) -> str:
 
 @readable_errors
 def on_composite(colour: str | None, background: Any, request: gr.Request) -> str | None:
-    """Redraw the composite preview over a new colour or picture (no model run)."""
+    """Redraw the composite preview over a new colour or picture (no model run).
+
+    A background picture is read once, when it arrives, and kept with the session at preview size (its upload is
+    deleted); later colour changes, which send the picture's old path again, reuse the kept one. No picture on
+    screen (cleared) drops it.
+    """
     session = _session(request)
     backdrop = _colour(colour)
+    picture = upload_path(background)
     with _working_on(session):
+        if picture is None:
+            session.backdrop = None
+        elif Path(picture).exists():
+            try:
+                session.backdrop = _preview_backdrop(session, read_photo(picture, runtime.settings().max_pixels))
+            finally:
+                _delete_upload(picture)
         if session.cutout_preview is None:
             return None
-        picture = upload_path(background)
-        return _picture(session, "composite", _composite_view(session, backdrop, picture))
+        return _picture(session, "composite", _composite_view(session, backdrop), folder=session.results)
 
 
-def _composite_view(session: Session, colour: tuple[int, int, int], background: str | None) -> np.ndarray | None:
+def _preview_backdrop(session: Session, picture: np.ndarray) -> np.ndarray:
+    """The picture scaled to just cover the preview (the composite centre-crops it): all that is drawn of it."""
+    if session.preview is None:
+        return picture
+    height, width = session.preview.shape[:2]
+    scale = max(height / picture.shape[0], width / picture.shape[1])
+    if scale >= 1:
+        return picture
+    shape = (max(height, round(picture.shape[0] * scale)), max(width, round(picture.shape[1] * scale)))
+    return render.resize(picture, shape)
+
+
+def _composite_view(session: Session, colour: tuple[int, int, int]) -> np.ndarray | None:
     if session.cutout_preview is None:
         return None
     foreground, alpha = session.cutout_preview
-    backdrop: Any = colour
-    if background:
-        backdrop = read_photo(background, runtime.settings().max_pixels)
-        _delete_upload(background)
+    backdrop: Any = session.backdrop if session.backdrop is not None else colour
     return render.composite_picture(foreground, alpha.astype(np.float32) / 255.0, backdrop)
+
+
+def on_activity(request: gr.Request) -> None:
+    """An event that changes nothing on the server (a brush stroke in the editor) still counts as activity, so that
+    a visitor who paints for a long time does not find the session expired."""
+    sessions().touch(getattr(request, "session_hash", None))
 
 
 def on_unload(request: gr.Request) -> None:
@@ -556,8 +638,10 @@ def cutout(image: Any, text: str = "", points: str = "", box: str = "") -> tuple
         The 16-bit alpha matte PNG and the RGBA cutout PNG, both at the photo's full size.
     """
     path = upload_path(image)
-    photo = read_photo(path, runtime.settings().max_pixels)
-    _delete_upload(path)
+    try:
+        photo = read_photo(path, runtime.settings().max_pixels)
+    finally:
+        _delete_upload(path)  # read or refused, the upload is not kept beyond this call
     session = Session()  # a session of its own, for this call only
     try:
         session.set_photo(store(), photo, Path(path or "photo").name)
@@ -572,11 +656,11 @@ def cutout(image: Any, text: str = "", points: str = "", box: str = "") -> tuple
             _after_clicks(session, 0)
         if session.trimap is None:
             raise InputError("give a text prompt, points or a box: nothing says what to cut out")
-        trimap_key = store().put(session.id, "trimap", session.trimap)
+        trimap_key = store().put(session.id, unique_name("trimap"), session.trimap)
         result = _matte(session.id, session.photo_key, trimap_key, session.trimap, CAP_AUTO)
         folder = Path(_cache_root()) / f"{DOWNLOAD_PREFIX}{session.id}"
         folder.mkdir(parents=True, exist_ok=True)
-        _, alpha16, rgba = write_downloads(folder, session.name, result.alpha_float, result.rgba())
+        alpha16, rgba = write_downloads(folder, session.name, result.alpha_float, result.rgba(), eight_bit=False)
         return str(alpha16), str(rgba)
     finally:
         store().drop_session(session.id)
@@ -657,29 +741,31 @@ def build_demo(settings: Settings) -> gr.Blocks:
     _start_sweeper(SESSIONS, settings.keep_seconds)
     keep = settings.keep_seconds
     with gr.Blocks(title=TITLE, delete_cache=(max(1, min(60, keep // 4)), keep)) as demo:
-        gr.Markdown(f"# {TITLE}\n{INTRO}")
-        with gr.Tab("Photo"):
-            with gr.Row(equal_height=False):
-                with gr.Column(scale=3) as left:
-                    prompts = _prompt_column(settings)
-                with gr.Column(scale=2):
-                    outline = _outline_column()
-            page = Page(**prompts, **outline, **_results_area())
-            with left:  # created last, in the photo's column, because clicking an example fills every output
-                gr.Examples(
-                    examples=[[str(path)] for path in example_paths()],
-                    inputs=[page.photo],
-                    outputs=page.after_upload,
-                    fn=on_example,
-                    run_on_click=True,
-                    cache_examples=False,
-                    label="Examples (synthetic photos)",
-                    elem_id="examples",
-                    api_visibility="private",
-                )
+        gr.Markdown(f"# {TITLE}\n{_intro(settings.keep_seconds)}")
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Photo", elem_id="photo-tab"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3) as left:
+                        prompts = _prompt_column(settings)
+                    with gr.Column(scale=2):
+                        outline = _outline_column()
+                page = Page(**prompts, **outline, **_results_area())
+                with left:  # created last, in the photo's column, because clicking an example fills every output
+                    gr.Examples(
+                        examples=[[str(path)] for path in example_paths()],
+                        inputs=[page.photo],
+                        outputs=page.after_upload,
+                        fn=on_example,
+                        run_on_click=True,
+                        cache_examples=False,
+                        label="Examples (synthetic photos)",
+                        elem_id="examples",
+                        api_visibility="private",
+                    )
+            with gr.Tab("Video", elem_id="video-tab"):
+                build_video_tab(settings, runtime, VideoHost(_session, _video_picture, lambda: _cache_root()))
+        # After the tabs: /cutout's hidden components would otherwise split the tabs into two tab bars.
         _connect(page, settings)
-        with gr.Tab("Video"):
-            build_video_tab(settings, runtime)
         demo.unload(on_unload)
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=64)
     return demo
@@ -807,12 +893,16 @@ def _connect(page: Page, settings: Settings) -> None:
     page.add.click(on_add_click, [page.x, page.y, page.kind, page.band], after_prompt, api_name="add_click", **light)
     page.undo.click(on_undo, [page.band], after_prompt, api_name="undo", **light)
     page.clear_clicks.click(on_clear_clicks, [page.band], after_prompt, api_name="clear_clicks", **light)
+    # Brush strokes send nothing else to the server; this event carries no data, it only keeps the session alive.
+    gr.on([page.editor.input, page.editor.change], on_activity, None, None, trigger_mode="always_last",
+          show_progress="hidden", **{**light, "api_visibility": "private"})  # fmt: skip
     page.band.submit(on_band_width, [page.band], [page.editor, page.status], api_name="set_band_width", **light)
     page.run.click(
         on_run,
         [page.editor, page.band, page.cap_mode, page.cap_k, page.colour],
         [*page.results, page.status],
         api_name="run",
+        preprocess=False,  # the editor's files are read, then deleted, by editor_layers
         **mattes,
         api_visibility=visible,
     ).then(None, js=SCROLL_TO_RESULTS)

@@ -1,43 +1,52 @@
-"""The Space's Video tab: upload a short clip, click the object on the first frame, preview the tracked mask on
+"""The Space's Video tab: upload a short clip, click the object on its first frame, preview the tracked mask on
 a few frames, matte the clip, download the alpha, cutout and composite videos.
 
-Self-contained: :func:`build_video_tab` creates the tab's components and events inside the caller's
-``gr.Blocks`` (call it under ``with gr.Tab("Video"):``). What it needs from the app comes in as arguments:
+:func:`build_video_tab` creates the tab's components and events inside the caller's ``gr.Blocks`` (call it
+under ``with gr.Tab("Video"):``). What it needs from the app comes in as arguments:
 
 * ``settings``: the app's settings; read with defaults, so these fields are optional: ``video_max_frames``,
-  ``video_max_pixels`` (clip limits), ``tracker_model`` (a SAM 2 / EdgeTAM checkpoint), ``device``.
-* ``runtime``: an object (the ``space.runtime`` module) with ``predictor()`` returning the app's
-  ``MEMattePredictor``; optionally ``video_tracker()`` returning a ``MaskTracker`` (else one is loaded from
-  ``settings.tracker_model``), and ``GPU_SIZE`` / ``SLICE_SLOWDOWN`` for sizing ZeroGPU calls.
+  ``video_max_pixels`` (clip limits).
+* ``runtime``: the ``space.runtime`` module (or, in tests, an object with ``predictor()`` and
+  ``video_tracker()``): the models, loaded at start-up.
+* ``host``: the app's sessions (:class:`VideoHost`): the clip, the previews and the results are kept in the
+  visitor's session (its folder in gradio's cache), and deleted with it.
 
-On ZeroGPU the matting runs in one ``spaces.GPU`` call whose duration is sized from frames x pixels
-(:func:`video_seconds_for`); clip decoding, clicks and the preview's CPU work stay outside it.
+The tracker and MEMatte run in ``spaces.GPU`` functions (:func:`preview_masks`, :func:`matte_part`): ZeroGPU
+runs them in its worker, where the GPU is. A clip is matted in several calls, each within the platform's
+per-call limit (``runtime.max_call_seconds``): each call mattes at most :func:`frames_per_call` frames and
+saves where it stopped (``VideoMatter`` resumes from there), and a last call encodes the videos.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
-import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 import numpy as np
 
+from . import runtime as app_runtime  # first: it imports `spaces` before torch
+from .runtime import (
+    CALL_OVERHEAD_SECONDS,
+    GPU_SIZE,
+    H200_FOREGROUND_SECONDS_PER_MEGAPIXEL,
+    H200_MODEL_SECONDS_PER_MEGAPIXEL,
+    H200_TRACKER_SECONDS_PER_FRAME,
+    MARGIN,
+    call_seconds,
+    max_call_seconds,
+    visitor_errors,
+)
+
 #: Clip limits (frames, pixels per frame) when the settings give none: 10 s at 30 fps, and 4K UHD.
 DEFAULT_MAX_FRAMES = 300
 DEFAULT_MAX_PIXELS = 3840 * 2160
 #: Frames tracked for the preview, and how many of them are shown.
 PREVIEW_FRAMES, PREVIEW_SHOWN = 24, 4
-# GPU seconds per megapixel-frame on an H200 (GPU-NOTES.md: MEMatte ViT-S 0.67 s and foreground colours 0.59 s
-# for a 3840 x 2160 frame), plus the tracker's per-frame cost (SAM 2 Hiera-tiny at 1024 px, assumed 0.03 s).
-H200_SECONDS_PER_MEGAPIXEL_FRAME = 1.26 / 8.29
-H200_TRACKER_SECONDS_PER_FRAME = 0.03
-VIDEO_CALL_OVERHEAD_SECONDS, VIDEO_MAX_SECONDS = 15, 600
-_SLOWDOWN_DEFAULT = 3.0
-
-_tracker_lock = threading.Lock()
-_trackers: dict[str, Any] = {}
+OUTPUT_KINDS = ("alpha", "rgba", "composite")
 
 
 @dataclass
@@ -63,11 +72,40 @@ class VideoSession:
         )
 
 
-def video_seconds_for(frames: int, pixels: int, slowdown: float = _SLOWDOWN_DEFAULT) -> int:
-    """GPU seconds to ask for matting ``frames`` frames of ``pixels`` each, with a 2x margin."""
-    per_frame = H200_SECONDS_PER_MEGAPIXEL_FRAME * pixels / 1e6 + H200_TRACKER_SECONDS_PER_FRAME
-    seconds = VIDEO_CALL_OVERHEAD_SECONDS + 2 * slowdown * per_frame * frames
-    return int(min(VIDEO_MAX_SECONDS, np.ceil(seconds)))
+@dataclass
+class VideoHost:
+    """What the tab needs from the app: the visitor's session for a request, and a way to show a picture."""
+
+    session_of: Callable[[Any], Any]  # gr.Request -> space.session.Session
+    picture: Callable[[Any, str, np.ndarray], str]  # (session, name, array) -> a file in the session's folder
+    cache_root: Callable[[], str]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# GPU time
+
+
+def frame_seconds(pixels: int) -> float:
+    """H200 seconds to track and matte one frame of ``pixels``."""
+    return H200_MODEL_SECONDS_PER_MEGAPIXEL * pixels / 1e6 + H200_TRACKER_SECONDS_PER_FRAME
+
+
+def frames_per_call(pixels: int, gpu_size: str = GPU_SIZE) -> int:
+    """Frames one matting call takes on, so that it stays within the per-call limit."""
+    budget = (max_call_seconds(gpu_size) - CALL_OVERHEAD_SECONDS) / MARGIN
+    return max(1, int(budget // frame_seconds(pixels)))
+
+
+def encodable_frames(pixels: int, gpu_size: str = GPU_SIZE) -> int:
+    """The most frames the last call (foreground colours of every frame, then encoding) takes within the limit."""
+    budget = (max_call_seconds(gpu_size) - CALL_OVERHEAD_SECONDS) / MARGIN
+    return max(1, int(budget // (H200_FOREGROUND_SECONDS_PER_MEGAPIXEL * pixels / 1e6)))
+
+
+def video_seconds_for(frames: int, pixels: int, encode: bool = False, gpu_size: str = GPU_SIZE) -> int:
+    """Seconds to ask for a call that mattes ``frames`` frames (or, ``encode``, writes the videos of that many)."""
+    per_frame = H200_FOREGROUND_SECONDS_PER_MEGAPIXEL * pixels / 1e6 if encode else frame_seconds(pixels)
+    return call_seconds(per_frame * frames, gpu_size)
 
 
 def limits(settings: Any) -> tuple[int, int]:
@@ -102,6 +140,12 @@ def load_clip(path: str | None, settings: Any) -> tuple[VideoSession, np.ndarray
         raise gr.Error(
             f"The clip is {info.width} x {info.height}; this Space takes at most {max_pixels / 1e6:.1f} megapixels "
             "per frame. Scale it down, or use `mematte video`."
+        )
+    longest = min(max_frames, encodable_frames(info.width * info.height))
+    if info.frame_count > longest:
+        raise gr.Error(
+            f"The clip has {info.frame_count} frames; at {info.width} x {info.height} this Space mattes at most "
+            f"{longest} (the GPU time one call may take). Trim it or scale it down, or use `mematte video`."
         )
     first = next(read_frames(info.path, 0, 1))[1]
     session = VideoSession(path, info.width, info.height, info.frame_count, float(info.frame_rate), first)
@@ -147,7 +191,7 @@ def clear_prompts(session: VideoSession) -> tuple[VideoSession, np.ndarray | Non
 
 
 def preview(session: VideoSession, runtime: Any, settings: Any) -> list[tuple[np.ndarray, str]]:
-    """Track the first frames and show the mask over a few of them."""
+    """Track the first frames (in a GPU call) and show the mask over a few of them."""
     from mematte_hf.errors import InputError
     from mematte_hf.video import check_prompts
     from mematte_hf.video_io import probe_video, read_frames
@@ -160,44 +204,138 @@ def preview(session: VideoSession, runtime: Any, settings: Any) -> list[tuple[np
         check_prompts([prompt], info, 0, info.frame_count)
     except InputError as error:
         raise gr.Error(str(error)) from None
-    tracker = _fresh_tracker(runtime, settings)
     count = min(PREVIEW_FRAMES, session.frames)
-    shown = set(np.linspace(0, count - 1, min(PREVIEW_SHOWN, count)).round().astype(int).tolist())
-    gallery = []
-    for index, frame in read_frames(session.path, 0, count):
-        mask = tracker.track(index, frame, prompt if index == 0 else None)
-        if index in shown:
-            gallery.append((overlay(frame, mask), f"frame {index}"))
-    return gallery
+    shown = sorted(set(np.linspace(0, count - 1, min(PREVIEW_SHOWN, count)).round().astype(int).tolist()))
+    masks = preview_masks(session.path, prompt, count, shown, _models_argument(runtime))
+    frames = {index: frame for index, frame in read_frames(session.path, 0, count) if index in masks}
+    return [(overlay(frames[index], mask.unpack()), f"frame {index}") for index, mask in sorted(masks.items())]
 
 
 def matte(
-    session: VideoSession, smoothing: float, background: str, runtime: Any, settings: Any
+    session: VideoSession,
+    smoothing: float,
+    background: str,
+    runtime: Any,
+    settings: Any,
+    output: str | None = None,
+    frames_per_gpu_call: int | None = None,
 ) -> tuple[str, str, str, str, str]:
-    """Matte the whole clip; returns (composite preview, alpha, rgba, composite downloads, status)."""
+    """Matte the whole clip into ``output`` (a new temporary folder by default) in as many GPU calls as the
+    per-call limit needs (``frames_per_gpu_call`` frames each; by default :func:`frames_per_call`), then one that
+    writes the videos; returns (composite preview, alpha, rgba, composite downloads, status)."""
     if session.path is None:
         raise gr.Error("Upload a clip first.")
     prompt = session.prompt()
-    output = tempfile.mkdtemp(prefix="mematte-video-")
-    report = _matte_on_device(session.path, output, prompt, float(smoothing or 0.0), background or "#00ff00",
-                              runtime, settings)  # fmt: skip
+    from mematte_hf.colours import parse_colour
+
+    parse_colour(background or "#00ff00", what="composite background")  # checked before any GPU call
+    output = output or tempfile.mkdtemp(prefix="mematte-video-")
+    pixels = session.width * session.height
+    per_call = frames_per_gpu_call or frames_per_call(pixels)
+    models, report, done, calls = _models_argument(runtime), None, 0, 0
+    while report is None:
+        frames = min(per_call, session.frames - done)
+        before = done
+        report, done = matte_part(session.path, output, prompt, float(smoothing or 0.0), background or "#00ff00",
+                                  frames, pixels, models)  # fmt: skip
+        calls += 1
+        if report is None and done <= before:
+            raise gr.Error("The clip stopped decoding part-way: re-encode it (e.g. to H.264 MP4) and upload it again.")
     outputs = report.outputs
     status = (
         f"Matted {report.frames} frames in {sum(report.seconds.values()):.1f} s "
-        f"({report.frames_per_second():.2f} frames/s); {report.frames_without_unknown} frame(s) had no edge."
+        f"({report.frames_per_second():.2f} frames/s, {calls} GPU call(s)); {report.frames_without_unknown} "
+        "frame(s) had no edge."
     )
     return str(outputs["composite"]), str(outputs["alpha"]), str(outputs["rgba"]), str(outputs["composite"]), status
 
 
-def _matte_on_device(path, output, prompt, smoothing, background, runtime, settings):
-    from mematte_hf.errors import InputError
+# ----------------------------------------------------------------------------------------------------------
+# the GPU functions: arguments are paths, prompts and numbers (ZeroGPU pickles them); the models are the
+# process's, loaded at start-up (tests pass their own as ``models``)
+
+
+def _models_argument(runtime: Any) -> Any | None:
+    """None for the app's runtime module (a module cannot be pickled; the worker has its own), else ``runtime``."""
+    return None if runtime is app_runtime else runtime
+
+
+def _preview_seconds(path: str, prompt: Any, count: int, *args: Any, **kwargs: Any) -> int:
+    return call_seconds(count * H200_TRACKER_SECONDS_PER_FRAME)
+
+
+@app_runtime.spaces.GPU(duration=_preview_seconds, size=GPU_SIZE)
+@visitor_errors
+def preview_masks(path: str, prompt: Any, count: int, shown: list[int], models: Any | None = None) -> dict:
+    """The tracked masks of the ``shown`` frames among the first ``count``, one bit per pixel."""
+    from mematte_hf.video_io import read_frames
+
+    tracker = (models or app_runtime).video_tracker()
+    masks = {}
+    for index, frame in read_frames(path, 0, count):
+        mask = tracker.track(index, frame, prompt if index == 0 else None)
+        if index in shown:
+            masks[index] = app_runtime.PackedMask(np.packbits(mask), mask.shape)
+    return masks
+
+
+class _CallBudget:
+    """A progress bar for ``VideoMatter.matte`` that stops the matting pass after ``frames`` frames, and when it
+    is complete, so that this call ends there; the work folder records where (the next call resumes)."""
+
+    class Reached(Exception):
+        pass
+
+    def __init__(self, frames: int) -> None:
+        self.frames, self.done = frames, 0
+
+    def __call__(self, desc: str, total: int, initial: int, unit: str) -> Any:
+        budget = self
+
+        class Bar:
+            def update(self, count: int) -> None:
+                budget.done += count
+                if desc == "matting" and (budget.done >= budget.frames or initial + budget.done >= total):
+                    raise _CallBudget.Reached  # raised after the matter saved its state for these frames
+
+            def close(self) -> None:
+                pass
+
+        return Bar()
+
+
+def _matte_part_seconds(path: str, output: str, prompt: Any, smoothing: float, background: str, frames: int,
+                        pixels: int, *args: Any, **kwargs: Any) -> int:  # fmt: skip
+    return video_seconds_for(frames, pixels, encode=frames == 0)
+
+
+@app_runtime.spaces.GPU(duration=_matte_part_seconds, size=GPU_SIZE)
+@visitor_errors
+def matte_part(
+    path: str, output: str, prompt: Any, smoothing: float, background: str, frames: int, pixels: int,
+    models: Any | None = None,
+) -> tuple[Any | None, int]:  # fmt: skip
+    """Matte the next ``frames`` frames of the clip into ``output`` (resuming where the last call stopped), or,
+    when ``frames`` is 0 (all are matted), write the videos. Returns (the report when finished, else None; the
+    frames matted so far)."""
     from mematte_hf.video import VideoMatter
 
-    matter = VideoMatter(runtime.predictor(), _fresh_tracker(runtime, settings), temporal_smoothing=smoothing)
+    models = models or app_runtime
+    matter = VideoMatter(models.predictor(), models.video_tracker(), temporal_smoothing=smoothing)
+    budget = _CallBudget(frames)
     try:
-        return matter.matte(path, output, [prompt], save=("alpha", "rgba", "composite"), background=background)
-    except InputError as error:
-        raise gr.Error(str(error)) from None
+        report = matter.matte(path, output, [prompt], save=OUTPUT_KINDS, background=background, progress_bar=budget)
+    except _CallBudget.Reached:
+        return None, _frames_matted(output)
+    return report, report.frames
+
+
+def _frames_matted(output: str) -> int:
+    from pathlib import Path
+
+    from mematte_hf.video import WORK_FOLDER
+
+    return len(list((Path(output) / WORK_FOLDER / "alpha").glob("*.png")))
 
 
 def overlay(frame: np.ndarray, mask: np.ndarray, colour=(255, 64, 160), opacity: float = 0.5) -> np.ndarray:
@@ -228,20 +366,6 @@ def _prompt_text(session: VideoSession) -> str:
     return text + (f", box {tuple(round(v) for v in session.box)}" if session.box else "") + "."
 
 
-def _fresh_tracker(runtime: Any, settings: Any):
-    """A tracker with no memory of an earlier clip: the app's, or one loaded from ``settings.tracker_model``."""
-    if hasattr(runtime, "video_tracker"):
-        return runtime.video_tracker()
-    from mematte_hf.tracking import DEFAULT_TRACKER, Sam2VideoTracker
-
-    name = getattr(settings, "tracker_model", None) or DEFAULT_TRACKER
-    with _tracker_lock:
-        if name not in _trackers:
-            _trackers[name] = Sam2VideoTracker.from_pretrained(name, device=getattr(settings, "device", None)).model
-        model = _trackers[name]
-    return Sam2VideoTracker(model)  # shares the weights; a new session per clip
-
-
 # ----------------------------------------------------------------------------------------------------------
 # layout
 
@@ -266,12 +390,11 @@ class VideoTab:
     state: gr.State
 
 
-def build_video_tab(settings: Any, runtime: Any) -> VideoTab:
-    """Create the Video tab inside the current ``gr.Blocks`` (call under ``with gr.Tab("Video"):``)."""
+def build_video_tab(settings: Any, runtime: Any, host: VideoHost | None = None) -> VideoTab:
+    """Create the Video tab inside the current ``gr.Blocks`` (call under ``with gr.Tab("Video"):``); with a
+    ``host``, every file the tab makes or receives lives in the visitor's session."""
     max_frames, max_pixels = limits(settings)
-    gpu = _gpu_decorator(runtime)
-    matte_call = gpu(lambda session, smoothing, background: matte(session, smoothing, background, runtime, settings))
-
+    handlers = _Handlers(settings, runtime, host)
     gr.Markdown(
         f"Upload a clip (at most {max_frames} frames of {max_pixels / 1e6:.1f} megapixels), click the object on its "
         "first frame, preview the mask on a few frames, then matte the whole clip at full resolution."
@@ -288,13 +411,13 @@ def build_video_tab(settings: Any, runtime: Any) -> VideoTab:
             with gr.Row():
                 apply_typed = gr.Button("Use typed prompts")
                 clear = gr.Button("Clear prompts")
-            status = gr.Markdown("Upload a short video clip.")
+            status = gr.Markdown("Upload a short video clip.", elem_id="video-status")
         with gr.Column(scale=2):
-            show_preview = gr.Button("Preview the mask")
+            show_preview = gr.Button("Preview the mask", elem_id="video-preview")
             preview_gallery = gr.Gallery(label="Tracked mask", columns=2, height="auto")
             smoothing = gr.Slider(0.0, 0.9, value=0.0, step=0.1, label="Temporal smoothing of the edge")
             background = gr.ColorPicker(value="#00ff00", label="Composite background")
-            run = gr.Button("Matte the video", variant="primary")
+            run = gr.Button("Matte the video", variant="primary", elem_id="video-run")
             result = gr.Video(label="Composite", interactive=False)
             alpha = gr.File(label="Alpha (16-bit FFV1, .mkv)")
             rgba = gr.File(label="Cutout with alpha (PNG in .mov)")
@@ -303,26 +426,95 @@ def build_video_tab(settings: Any, runtime: Any) -> VideoTab:
     # The tab's events hold a visitor's state between calls: they are the page's, not an API (the photo API is
     # `/cutout`), so they stay out of the API listing and the MCP tools and never take the photo tab's names.
     private = {"api_visibility": "private"}
-    upload.change(lambda path: load_clip(path, settings), [upload], [state, first_frame, status], **private)
-    first_frame.select(add_click, [state, kind], [state, first_frame, status], **private)
-    apply_typed.click(set_typed_prompts, [state, points, box], [state, first_frame, status], **private)
-    clear.click(clear_prompts, [state], [state, first_frame, status], **private)
-    show_preview.click(lambda session: preview(session, runtime, settings), [state], [preview_gallery], **private)
-    run.click(matte_call, [state, smoothing, background], [result, alpha, rgba, composite, status], **private)
+    shown = [state, first_frame, status]
+    upload.change(handlers.on_clip, [upload], shown, **private)
+    first_frame.select(handlers.on_click, [state, kind], shown, **private)
+    apply_typed.click(handlers.on_typed, [state, points, box], shown, **private)
+    clear.click(handlers.on_clear, [state], shown, **private)
+    show_preview.click(handlers.on_preview, [state], [preview_gallery], **private)
+    run.click(handlers.on_matte, [state, smoothing, background], [result, alpha, rgba, composite, status], **private)
     return VideoTab(upload, first_frame, kind, points, box, status, preview_gallery, smoothing, background, result,
                     alpha, rgba, composite, state)  # fmt: skip
 
 
-def _gpu_decorator(runtime: Any):
-    """``spaces.GPU`` sized from the clip's frames x pixels on ZeroGPU; no decorator elsewhere."""
-    on_zero_gpu = getattr(runtime, "on_zero_gpu", None)
-    if not (callable(on_zero_gpu) and on_zero_gpu()):
-        return lambda function: function
-    import spaces
+class _Handlers:
+    """The tab's events: the plain functions above, with the visitor's session keeping the files."""
 
-    slowdown = getattr(runtime, "SLICE_SLOWDOWN", {}).get(getattr(runtime, "GPU_SIZE", ""), _SLOWDOWN_DEFAULT)
+    def __init__(self, settings: Any, runtime: Any, host: VideoHost | None) -> None:
+        self.settings, self.runtime, self.host = settings, runtime, host
 
-    def duration(session: VideoSession, *args: Any, **kwargs: Any) -> int:
-        return video_seconds_for(session.frames, session.width * session.height, slowdown)
+    def on_clip(self, path: str | None, request: gr.Request) -> tuple:
+        session = self._session(request)
+        if session is not None and path:
+            with _open(session):  # the session's own name for the clip: kept while the tab may matte it
+                path = str(session.adopt_upload(path, self.host.cache_root()))
+        state, first, status = load_clip(path, self.settings)
+        return state, self._picture(session, "frame", first), status
 
-    return spaces.GPU(duration=duration)
+    def on_click(self, state: VideoSession, kind: str, event: gr.SelectData, request: gr.Request) -> tuple:
+        return self._shown(request, add_click(state, kind, event))
+
+    def on_typed(self, state: VideoSession, points: str, box: str, request: gr.Request) -> tuple:
+        return self._shown(request, set_typed_prompts(state, points, box))
+
+    def on_clear(self, state: VideoSession, request: gr.Request) -> tuple:
+        return self._shown(request, clear_prompts(state))
+
+    def on_preview(self, state: VideoSession, request: gr.Request) -> list:
+        session = self._session(request)
+        with _in_flight(session):
+            gallery = preview(state, self.runtime, self.settings)
+        return [(self._picture(session, "preview", picture), caption) for picture, caption in gallery]
+
+    def on_matte(self, state: VideoSession, smoothing: float, background: str, request: gr.Request) -> tuple:
+        session = self._session(request)
+        if session is None:
+            return matte(state, smoothing, background, self.runtime, self.settings)
+        with _open(session):
+            folder = session.new_video_folder(self.host.cache_root())
+        with _in_flight(session):
+            outputs = matte(state, smoothing, background, self.runtime, self.settings, output=str(folder))
+        with _open(session):  # the tab closed meanwhile: the files went with it
+            return outputs
+
+    def _session(self, request: gr.Request | None) -> Any | None:
+        return None if self.host is None else self.host.session_of(request)
+
+    def _shown(self, request: gr.Request, outputs: tuple) -> tuple:
+        state, frame, status = outputs
+        return state, self._picture(self._session(request), "frame", frame), status
+
+    def _picture(self, session: Any | None, name: str, array: np.ndarray | None) -> Any:
+        """A picture for the page: a file in the visitor's session (not an array gradio would cache itself)."""
+        if session is None or array is None:
+            return array
+        with _open(session):
+            return self.host.picture(session, name, array)
+
+
+@contextlib.contextmanager
+def _in_flight(session: Any | None) -> Iterator[None]:
+    """Count the block as the session's work in flight: the session (its clip, its folders) is neither swept
+    nor evicted meanwhile, and a tab closed meanwhile loses its files when the work ends."""
+    if session is None:
+        yield
+        return
+    with _open(session):
+        session.begin_work()
+    try:
+        yield
+    finally:
+        session.finish_work(app_runtime.store())
+
+
+@contextlib.contextmanager
+def _open(session: Any) -> Iterator[None]:
+    """Hold the session's lock; a session that has ended is refused with the visitor's message."""
+    from mematte_hf.errors import InputError
+
+    with session.lock:
+        try:
+            session.check_open()
+        except InputError as error:
+            raise gr.Error(str(error)[:1].upper() + str(error)[1:]) from None
+        yield

@@ -41,6 +41,14 @@ def save_tiny_sam(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def save_tiny_tracker(folder: Path, seed: int = 0) -> Path:
+    """A tiny random SAM 2 video model (the video tests' shapes), saved like a Hub checkpoint."""
+    from tests.test_video import tiny_tracker_model
+
+    tiny_tracker_model(seed).save_pretrained(folder)
+    return folder
+
+
 def disc_photo(width: int, height: int) -> np.ndarray:
     """A bright soft-edged disc on a horizontal gradient: an object with an edge to click on."""
     yy, xx = np.mgrid[:height, :width].astype(np.float32)
@@ -93,8 +101,12 @@ def app_env(tmp: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def running_app(tmp: Path, model: Path, sam: Path, *extra: str) -> Iterator[AppUrl]:
-    """Run `python app.py` on a free port until the block ends; yields its URL (with its pid and folders)."""
+    """Run `python app.py` on a free port until the block ends; yields its URL (with its pid and folders). The
+    Video tab's tracker is a tiny one saved in ``tmp`` unless ``extra`` names one."""
     port = free_port()
+    if "--tracker-model" not in extra:
+        tracker = tmp / "tracker"
+        extra = (*extra, "--tracker-model", str(tracker if tracker.is_dir() else save_tiny_tracker(tracker)))
     log_path = tmp / f"app-{port}.log"
     command = [sys.executable, str(APP), "--model", str(model), "--sam-model", str(sam)]
     command += ["--host", "127.0.0.1", "--port", str(port), *extra]

@@ -475,3 +475,16 @@ def test_full_image_box_is_allowed(sam_segmenter):
 def test_bad_images(sam_segmenter, image):
     with pytest.raises(InputError, match="image"):
         sam_segmenter.set_image(image)
+
+
+@pytest.mark.parametrize(
+    "device, message", [("tpu", "not a device name|not available"), ("cuda:7", "CUDA|does not exist")]
+)
+def test_a_device_this_machine_cannot_use_is_refused_before_loading(tmp_path, device, message):
+    """The library's one device resolution: a clear InputError naming the device, not torch's error mid-load."""
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    tiny_model("sam").save_pretrained(tmp_path)
+    SamProcessor(tiny_image_processor()).save_pretrained(tmp_path)
+    with pytest.raises(InputError, match=message):
+        ClickSegmenter.from_pretrained(tmp_path, device=device)

@@ -230,7 +230,7 @@ def test_bad_inputs_give_readable_errors_and_the_app_keeps_serving(client, photo
         run(client, cap="fixed", k=0)
     with pytest.raises(AppError, match="Edge width must be 0 .automatic. or 1 to 1000 pixels, got -5"):
         run(client, band=-5)
-    with pytest.raises(AppError, match="Background colour: 'blurple' is not a colour"):
+    with pytest.raises(AppError, match="Background colour 'blurple' is not a colour"):
         run(client, colour="blurple")  # refused before the matte is computed
 
     check_downloads(run(client)["files"])  # the same session, after all that: still fine
@@ -280,7 +280,7 @@ def test_a_closed_tab_and_an_idle_session_leave_no_file(models, prompts, tmp_pat
         click(idle, 550, 350)
         run(idle)
         wait_until(lambda: files_under(url.cache, url.temp) <= before, "the idle session expires with its files")
-        with pytest.raises(AppError, match="Upload a photo first"):
+        with pytest.raises(AppError, match="expired after 5 seconds idle"):
             run(idle)
 
         for _ in range(20):  # 20 sessions opened and closed
@@ -302,9 +302,18 @@ def test_mcp_serves_the_cutout_endpoint_as_its_tool(models, prompts, tmp_path, p
             tools = json.load(response)
         assert [tool["name"] for tool in tools] == ["cutout"], tools
         assert "text" in json.dumps(tools[0]) and "points" in json.dumps(tools[0])
+        before = files_under(url.cache, url.temp)
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
         alpha, rgba = client.predict(handle_file(str(photo)), "", "[[550, 350]]", "", api_name="/cutout")
         assert Image.open(alpha).size == Image.open(rgba).size == (WIDTH, HEIGHT)
+        notes = tmp_path / "notes.png"
+        notes.write_text("not an image")
+        with pytest.raises(AppError, match="not a readable image"):
+            client.predict(handle_file(str(notes)), "", "[[5, 5]]", "", api_name="/cutout")
+        left = files_under(url.cache, url.temp) - before
+        names = sorted(str(path.relative_to(url.cache.parent)) for path in left)
+        assert len(left) == 2 and all(path.parent.name.startswith("mematte-downloads-") for path in left), (
+            "only the two result PNGs stay (for --keep-seconds): the upload and the refused upload are gone", names)
 
 
 def wait_until(condition, what: str, seconds: float = 30) -> None:
@@ -374,6 +383,7 @@ def test_soak_of_mixed_requests_and_12_megapixel_sessions(models, prompts, tmp_p
         ),
         ("--sam-model", "/nonexistent", "could not load the SAM model '/nonexistent'"),
         ("--text-model", "mematte-tests/no-such-detector", "could not load the text model 'mematte-tests/no-such"),
+        ("--tracker-model", "/nonexistent", "could not load the tracker model '/nonexistent'"),
     ],
 )
 def test_a_model_that_cannot_be_loaded_stops_the_start_with_one_line(models, tmp_path, option, value, expected):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,44 @@ def test_two_tabs_cut_out_at_once(app_url, browser, tmp_path):
     for tab in tabs:
         wait_for_status(tab, "Cut out 1100 x 700 px")
         downloads_serve_full_size(tab, (1100, 700))
+
+
+def test_examples_twice_no_dead_pictures_the_video_tab_and_tab_close(app_url, browser):
+    """An example clicked twice, and by a second visitor, loads every time; after Cut out the page requests no
+    picture that was deleted; Video is a tab beside Photo on one tab bar; a closed tab's folder goes."""
+    forbidden: list[str] = []
+    first, second = new_tab(browser), new_tab(browser)
+    for tab in (first, second):
+        tab.on("response", lambda response: forbidden.append(response.url) if response.status in (403, 404) else None)
+        tab.goto(app_url)
+        tab.wait_for_selector("#photo")
+    first.locator("#examples button.gallery-item").first.click()
+    wait_for_status(first, "640 x 480 px loaded")
+    first.get_by_role("button", name="Start over").click()
+    wait_for_status(first, "Cleared")
+    first.locator("#examples button.gallery-item").first.click()  # the same example again
+    wait_for_status(first, "640 x 480 px loaded")
+    second.locator("#examples button.gallery-item").first.click()  # and by another visitor
+    wait_for_status(second, "640 x 480 px loaded")
+
+    box = first.locator("#photo img").first.bounding_box()
+    first.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    wait_for_status(first, "Outline from your clicks")
+    first.locator("#run").click()
+    wait_for_status(first, "Cut out 640 x 480 px")
+    image_loaded(first, "#before-after")
+    first.wait_for_timeout(1000)  # the page's requests for the pictures it now shows
+    assert not forbidden, f"the page asked for files that are gone: {forbidden}"
+
+    assert first.locator("[role=tablist]").count() == 1
+    first.get_by_role("tab", name="Video").click()
+    first.wait_for_selector("#video-upload")
+    assert in_view(first, "#video-upload"), "the Video tab's content is on screen, not below the photo results"
+
+    folders = {path.name for path in app_url.cache.glob("mematte-downloads-*")}
+    assert len(folders) >= 2, "each tab has its session folder"
+    first.close()  # gradio's unload event ends the session when the tab's connection goes
+    deadline = time.monotonic() + 60
+    while len(list(app_url.cache.glob("mematte-downloads-*"))) >= len(folders) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(list(app_url.cache.glob("mematte-downloads-*"))) < len(folders), "the closed tab's folder went"

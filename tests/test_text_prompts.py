@@ -184,3 +184,76 @@ def test_predict_with_a_text_model_that_cannot_be_loaded_prints_one_line(folders
     assert len(lines) == 1 and "mematte-tests/no-such-detector" in lines[0] and "Traceback" not in err
     assert main(["predict", str(image), "--text", "the dog", "--output", str(tmp_path / "out")]) == 1
     assert "--text needs --text-model" in capsys.readouterr().err
+
+
+def test_phrases_keep_decimal_numbers_whole():
+    assert split_phrases("a 3.5 inch floppy disk, the dog. 2.0 litre bottle") == [
+        "a 3.5 inch floppy disk", "the dog", "2.0 litre bottle"]  # fmt: skip
+
+
+def test_a_phrase_longer_than_the_detectors_text_positions_is_refused_by_name(detector):
+    long_phrase = "the small brown dog sitting on the left"  # 39 characters: 41 tokens here, 24 positions
+    with pytest.raises(InputError, match="reads at most 24"):
+        detector.detect(disc_photo(WIDTH, HEIGHT), f"a ball, {long_phrase}")
+
+
+def test_only_the_boxes_a_person_means_are_kept():
+    from mematte_hf.text_prompts import _meant
+
+    boxes = np.array([[10, 10, 50, 50], [12, 11, 52, 50], [100, 100, 140, 140], [200, 10, 240, 40],
+                      [12, 11, 52, 50]], dtype=np.float32)  # fmt: skip
+    scores = np.array([0.9, 0.8, 0.2, 0.6, 0.3])
+    labels = ["dog", "dog", "dog", "dog", "ball"]
+    # the repeat of the best box goes, the weak box goes (below half the best), the other good dog stays, and
+    # the ball is judged against balls only
+    assert _meant(boxes, scores, labels).tolist() == [True, False, False, True, True]
+
+
+def save_tiny_owlvit(folder: Path, seed: int = 0) -> Path:
+    """A tiny random OWL-ViT (v1), with the tokenizer of the tiny OWLv2 and a 64 px stretched input."""
+    from transformers import (
+        CLIPTokenizer,
+        OwlViTConfig,
+        OwlViTForObjectDetection,
+        OwlViTImageProcessor,
+        OwlViTProcessor,
+    )
+
+    owlv2 = save_tiny_owlv2(folder / "v2", seed)
+    tokenizer = CLIPTokenizer.from_pretrained(owlv2)
+    text = tiny_owl_text_config(owlv2)
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 64, "patch_size": 16}  # fmt: skip
+    torch.manual_seed(seed)
+    model = OwlViTForObjectDetection(OwlViTConfig(text_config=text, vision_config=vision, projection_dim=32))
+    randomize_weights(model, seed).eval().save_pretrained(folder)
+    image_processor = OwlViTImageProcessor(size={"height": 64, "width": 64}, crop_size={"height": 64, "width": 64})
+    OwlViTProcessor(image_processor, tokenizer).save_pretrained(folder)
+    return folder
+
+
+def tiny_owl_text_config(folder: Path) -> dict:
+    """The text config the tiny OWLv2 was saved with (OWL-ViT v1 reads the same tokenizer)."""
+    return json.loads((folder / "config.json").read_text())["text_config"]
+
+
+def test_owl_vit_v1_boxes_are_scaled_for_its_stretched_input(tmp_path):
+    """OWL-ViT v1 stretches a photo to its square input: a box is a fraction of the photo's width and height
+    (OWLv2 pads instead). On a wide photo the best box must be the model's own best box times (w, h)."""
+    detector = load_text_model(save_tiny_owlvit(tmp_path / "owlvit"), device="cpu")
+    assert detector.model_type == "owlvit"
+    image = disc_photo(WIDTH, HEIGHT)
+    found = detector.detect(image, "the dog", threshold=0.0)
+    inputs = detector.processor(images=image, text=[["the dog"]], return_tensors="pt")
+    with torch.inference_mode():
+        outputs = detector.model(**inputs)
+    best = int(outputs.logits[0, :, 0].argmax())
+    cx, cy, w, h = outputs.pred_boxes[0, best].tolist()
+    expected = np.clip([(cx - w / 2) * WIDTH, (cy - h / 2) * HEIGHT, (cx + w / 2) * WIDTH, (cy + h / 2) * HEIGHT],
+                       0, [WIDTH, HEIGHT, WIDTH, HEIGHT])  # fmt: skip
+    assert np.allclose(found.boxes[0], expected, atol=1e-3), (found.boxes[0], expected)
+
+
+def test_a_device_this_machine_cannot_use_is_refused_by_name(folders):
+    with pytest.raises(InputError, match="'tpu'"):
+        load_text_model(folders["owl"], device="tpu")

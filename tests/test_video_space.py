@@ -11,6 +11,8 @@ import pytest
 from space.video_tab import (
     VideoSession,
     build_video_tab,
+    encodable_frames,
+    frames_per_call,
     load_clip,
     matte,
     preview,
@@ -80,8 +82,28 @@ def test_matte_without_a_prompt_says_what_to_do(runtime, clip):
         preview(VideoSession(), runtime, SimpleNamespace())
 
 
-def test_zero_gpu_duration_grows_with_frames_and_pixels():
+def test_zero_gpu_duration_grows_with_frames_and_pixels_and_stays_within_one_call():
+    from space.runtime import LARGE_DURATION_FACTOR, PLATFORM_MAX_CHARGED_SECONDS
+
     small = video_seconds_for(48, 640 * 360)
     assert video_seconds_for(96, 640 * 360) > small and video_seconds_for(48, 3840 * 2160) > small
-    assert video_seconds_for(10**6, 3840 * 2160) == 600  # capped
-    assert np.isclose(video_seconds_for(0, 0), 15)
+    for pixels in (640 * 360, 1920 * 1080, 3840 * 2160):  # a call of frames_per_call frames fits the platform
+        for encode, frames in ((False, frames_per_call(pixels)), (True, encodable_frames(pixels))):
+            charged = video_seconds_for(frames, pixels, encode=encode) * LARGE_DURATION_FACTOR
+            assert charged <= PLATFORM_MAX_CHARGED_SECONDS, (pixels, encode, charged)
+    assert frames_per_call(3840 * 2160) < frames_per_call(640 * 360)
+
+
+def test_a_clip_is_matted_in_several_gpu_calls_like_in_one(runtime, clip, tmp_path):
+    settings = SimpleNamespace()
+    session = load_clip(str(clip), settings)[0]
+    x, y = disc_centre(0, 10, 160, 96)
+    session = set_typed_prompts(session, f"{x:.0f},{y:.0f}", "")[0]
+    one = matte(session, 0.3, "#0000ff", runtime, settings, output=str(tmp_path / "one"))
+    several = matte(session, 0.3, "#0000ff", runtime, settings, output=str(tmp_path / "several"), frames_per_gpu_call=4)
+    assert "1 GPU call(s)" in one[4] or "2 GPU call(s)" in one[4]
+    assert "3 GPU call(s)" in several[4], several[4]  # 8 + 2 frames (it mattes chunks of 8), then the encoding
+    first, _, _ = read_video(one[1])
+    second, _, _ = read_video(several[1])
+    assert len(first) == len(second) == 10
+    assert max(np.abs(a.astype(np.int32) - b.astype(np.int32)).max() for a, b in zip(first, second, strict=True)) <= 1
