@@ -13,9 +13,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..defaults import MODEL_HELP
+
 HELP = "matte an image or a folder of images (alpha, foreground, RGBA cutout, composite)"
 OUTPUT_KINDS = ("alpha", "foreground", "rgba", "composite")
-DEFAULT_MODEL = "mematte-hf/mematte-vits-composition1k"
 DEFAULT_SAM_MODEL = "facebook/sam-vit-base"
 
 
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, help=f"SAM for --text boxes ({DEFAULT_SAM_MODEL})")
     parser.add_argument("--text-threshold", type=float, default=None, help="score a text match needs")
     parser.add_argument("--output", type=Path, required=True, help="folder for the results")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"MEMatte folder or Hub id (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument(
@@ -194,7 +195,7 @@ def refuse_overwriting_inputs(jobs: list[Job], folder: Path, outputs: list[str])
 
 
 def load_predictor(args: argparse.Namespace, cap):
-    from ..predictor import MEMattePredictor
+    from ..defaults import load_chosen_predictor
 
     options = {"device": args.device, "dtype": args.dtype, "max_global_tokens": cap}
     if args.memory_budget:
@@ -203,7 +204,7 @@ def load_predictor(args: argparse.Namespace, cap):
         options["decoder_tile_size"] = args.decoder_tile_size
     if args.max_pixels:
         options["max_pixels"] = args.max_pixels
-    return MEMattePredictor.from_pretrained(args.model, compile=args.compile, **options)
+    return load_chosen_predictor(args.model, compile=args.compile, **options)
 
 
 def progress(jobs: list[Job], single: bool):

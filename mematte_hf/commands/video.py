@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import re
 
+from ..defaults import MODEL_HELP
+
 HELP = "matte a video from a prompt on one frame (alpha, RGBA cutout, composite videos)"
-DEFAULT_MODEL = "mematte-hf/mematte-vits-composition1k"
 DEFAULT_TEXT_MODEL = "IDEA-Research/grounding-dino-tiny"
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _FRAME = r"(?:@\s*(\d+)\s*)?"
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1[@FRAME]", help="a box around it")
     parser.add_argument("--text", action="append", default=[], metavar="TEXT[@FRAME]", help='e.g. "the dog"')
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"MEMatte folder or Hub id (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
     parser.add_argument(
         "--tracker-model", default=DEFAULT_TRACKER, help=f"SAM 2 / EdgeTAM folder or Hub id (default {DEFAULT_TRACKER})"
     )
@@ -145,13 +146,13 @@ def _numbers(text: str, count: int, option: str, form: str, default_frame: int):
 
 
 def load_predictor(args: argparse.Namespace):
-    from ..predictor import MEMattePredictor
+    from ..defaults import load_chosen_predictor
     from .predict import parse_cap
 
     options = {"device": args.device, "dtype": args.dtype, "max_global_tokens": parse_cap(args.max_global_tokens)}
     if args.memory_budget:
         options["memory_budget"] = args.memory_budget
-    return MEMattePredictor.from_pretrained(args.model, **options)
+    return load_chosen_predictor(args.model, **options)
 
 
 def load_tracker(args: argparse.Namespace):
