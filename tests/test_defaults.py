@@ -99,5 +99,6 @@ def test_space_default_is_a_model_that_exists():
 
 
 def test_routing_overlay_caption_for_vitmatte_weights():
-    assert render.routing_caption(0, 1.0, routing=False) == "router 1: every token global (ViTMatte weights, routing off)"
+    caption = render.routing_caption(0, 1.0, routing=False)
+    assert caption == "router 1: every token global (ViTMatte weights, routing off)"
     assert render.routing_caption(1, 0.25, routing=True) == "router 2: 25.0% global"
