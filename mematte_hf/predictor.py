@@ -285,7 +285,7 @@ class MEMattePredictor:
         if cap == "auto":
             plan = self.plan(height, width, batch_size, with_foreground)
             cap = plan.max_global_tokens
-            # A ViTMatte decodes the whole image; tiles would change its alphas (by up to 0.17 on random weights).
+            # A ViTMatte decodes the whole image: MEMatte's tiles would change its alphas.
             tile = plan.decoder_tile_size if tile is None and self.weights.routing else tile
         cap = self.config.max_global_tokens if cap is None else cap
         tile = self.config.decoder_tile_size if tile is None else tile
