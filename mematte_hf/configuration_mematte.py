@@ -36,6 +36,11 @@ class MEMatteConfig(PreTrainedConfig):
         residual_block_indices (`list[int]`): blocks followed by a residual bottleneck conv block.
         use_relative_position_embeddings (`bool`, defaults to `True`): decomposed relative positions in the
             window blocks (MEMatte's global blocks never have them).
+        global_relative_position_size (`int`, *optional*): the token grid of relative-position tables in the
+            global blocks, as ViTMatte's global blocks have (ViTDet's `image_size // patch_size`, 32 for the
+            hustvl checkpoints). Set only for a ViTMatte checkpoint run by this engine
+            (`MEMatteForImageMatting.from_vitmatte(..., run_as_vitmatte=True)`), which needs `routing_mode="global"`:
+            MEMatte's routed attention has no relative positions.
         drop_path_rate (`float`, defaults to 0.0): stochastic depth, used in training only.
         dropout_prob (`float`, defaults to 0.0): MLP dropout, used in training only.
         initializer_range (`float`, defaults to 0.02): std of the truncated normal initialisation.
@@ -78,6 +83,7 @@ class MEMatteConfig(PreTrainedConfig):
     window_block_indices: list[int] | tuple[int, ...] = (0, 1, 3, 4, 6, 7, 9, 10)
     residual_block_indices: list[int] | tuple[int, ...] = (2, 5, 8, 11)
     use_relative_position_embeddings: bool = True
+    global_relative_position_size: int | None = None
     drop_path_rate: float = 0.0
     dropout_prob: float = 0.0
     initializer_range: float = 0.02
@@ -103,6 +109,11 @@ class MEMatteConfig(PreTrainedConfig):
         """Raise a `ValueError` naming the field when the MEMatte-specific settings are inconsistent."""
         if self.routing_mode not in ROUTING_MODES:
             raise ValueError(f"routing_mode must be one of {ROUTING_MODES}, got {self.routing_mode!r}")
+        if self.global_relative_position_size is not None and self.routing_mode != "global":
+            raise ValueError(
+                "global_relative_position_size (a ViTMatte checkpoint's global relative positions) needs "
+                f"routing_mode='global', got {self.routing_mode!r}"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"

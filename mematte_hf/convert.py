@@ -6,6 +6,8 @@ the wrong shape stops the conversion with the names of the keys.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import pickle
 import re
@@ -15,9 +17,12 @@ from pathlib import Path
 import torch
 
 from .configuration_mematte import MEMatteConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
+from .releases import RELEASES, Release
 
 TEACHER_PREFIX = "teacher_backbone."
+# Where the weights of a converted folder came from; the model card reads it (`mematte_hf.model_card`).
+SOURCE_RECORD = "conversion.json"
 _BLOCK_KEY = re.compile(r"^backbone\.blocks\.(\d+)\.(.+)$")
 _ROUTER_KEY = re.compile(r"^backbone\.routers\.(\d+)\.(.+)$")
 
@@ -177,22 +182,68 @@ def convert_checkpoint(
     num_heads: int | None = None,
     max_global_tokens: int | None = None,
     decoder_tile_size: int | None = None,
+    release: str | None = None,
 ) -> Path:
     """Convert an upstream checkpoint into a folder that `from_pretrained` loads (safetensors weights,
-    config.json with the Auto-class map and code, preprocessor_config.json)."""
+    config.json with the Auto-class map and code, preprocessor_config.json) and record where it came from
+    (`conversion.json`: the file's name and SHA-256, and `release`, the name of the authors' release it is, if
+    given: see `mematte_hf.releases.RELEASES`)."""
     from .modeling_mematte import MEMatteForImageMatting
 
+    known_release = find_release(release)
     state_dict = load_upstream_state_dict(checkpoint_path)
     config = infer_config(
         state_dict, num_heads=num_heads, max_global_tokens=max_global_tokens, decoder_tile_size=decoder_tile_size
     )
+    if known_release is not None:
+        check_release_architecture(known_release, config.hidden_size)
     model = MEMatteForImageMatting(config).eval()
     converted = convert_state_dict(state_dict, model.state_dict(), config.global_block_indices)
     model.load_state_dict(converted, strict=True)
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     build_image_processor().save_pretrained(output_dir)
+    write_source_record(output_dir, Path(checkpoint_path), known_release)
     return output_dir
+
+
+def find_release(name: str | None) -> Release | None:
+    """The authors' release called `name` (None for none); an `InputError` listing the names otherwise."""
+    if name is None:
+        return None
+    if name not in RELEASES:
+        raise InputError(f"unknown release {name!r}; the authors' releases are {', '.join(RELEASES)}")
+    return RELEASES[name]
+
+
+def check_release_architecture(release: Release, hidden_size: int) -> None:
+    """Refuse to label a checkpoint with a release of another backbone (the scores would be another model's)."""
+    if hidden_size != release.hidden_size:
+        raise CheckpointError(
+            f"the checkpoint has hidden size {hidden_size}, but --release {release.name} is a {release.backbone} "
+            f"(hidden size {release.hidden_size}); pick the release this file was downloaded as"
+        )
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks (checkpoints are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_source_record(output_dir: Path, checkpoint_path: Path, release: Release | None) -> Path:
+    """Write `conversion.json`: the checkpoint's file name and SHA-256, and the release it is (or null)."""
+    record = {
+        "checkpoint": checkpoint_path.name,
+        "sha256": file_sha256(checkpoint_path),
+        "release": release.name if release is not None else None,
+    }
+    path = output_dir / SOURCE_RECORD
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def build_image_processor(**overrides):

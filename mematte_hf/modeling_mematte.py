@@ -27,6 +27,7 @@ from transformers.models.vitdet.modeling_vitdet import (
     VitDetLayer,
     VitDetMlp,
     VitDetResBottleneckBlock,
+    get_rel_pos,
     window_partition,
     window_unpartition,
 )
@@ -341,8 +342,15 @@ def select_global_tokens(log_probs: torch.Tensor, max_tokens: int | None) -> tor
     return selected
 
 
+# Elements of the relative-position score bias built per chunk of queries in `MEMatteAttention.forward_on_grid`:
+# 2**24 float32 values are 64 MiB, so a ViTMatte global block never holds a num_tokens x num_tokens matrix.
+GLOBAL_BIAS_CHUNK_ELEMENTS = 2**24
+
+
 class MEMatteAttention(nn.Module):
-    """Multi-head self-attention over a set of tokens, without relative positions (MEMatte's global blocks)."""
+    """Multi-head self-attention over a set of tokens, without relative positions (MEMatte's global blocks), or
+    over the whole token grid with ViTDet's decomposed relative positions (a ViTMatte checkpoint's global blocks,
+    when `config.global_relative_position_size` is set)."""
 
     def __init__(self, config: MEMatteConfig) -> None:
         super().__init__()
@@ -352,6 +360,39 @@ class MEMatteAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=config.qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        grid = config.global_relative_position_size
+        self.has_relative_positions = grid is not None
+        if grid is not None:  # the names and shapes of transformers' VitDetAttention, so ViTMatte weights load
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * grid - 1, self.head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * grid - 1, self.head_dim))
+
+    def forward_on_grid(
+        self, tokens: torch.Tensor, size: tuple[int, int], chunk_elements: int = GLOBAL_BIAS_CHUNK_ELEMENTS
+    ) -> torch.Tensor:
+        """(batch_size, height * width, C) of a whole token grid -> (batch_size, height * width, C), with the
+        decomposed relative positions of ViTDet's global attention (transformers' `VitDetAttention`).
+
+        The score of query (i, j) for key (k, l) gains q . R_h[i - k] + q . R_w[j - l] (q unscaled). The queries
+        go through `scaled_dot_product_attention` in chunks whose bias holds at most `chunk_elements` values, so
+        memory grows with the number of tokens, not with its square as in transformers' ViTMatte.
+        """
+        height, width = size
+        queries, keys, values = self._split_heads(tokens)
+        table_h = get_rel_pos(height, height, self.rel_pos_h).to(queries.dtype)  # (height, height, head_dim)
+        table_w = get_rel_pos(width, width, self.rel_pos_w).to(queries.dtype)  # (width, width, head_dim)
+        positions = torch.arange(height * width, device=tokens.device)
+        rows, columns = positions // width, positions % width
+        batch_size, heads, num_tokens, _ = queries.shape
+        chunk = max(1, chunk_elements // (batch_size * heads * num_tokens))
+        attended = torch.empty_like(queries)
+        for start in range(0, num_tokens, chunk):
+            part = slice(start, start + chunk)
+            query = queries[:, :, part]
+            along_height = torch.einsum("bnqc,qkc->bnqk", query, table_h[rows[part]])
+            along_width = torch.einsum("bnqc,qkc->bnqk", query, table_w[columns[part]])
+            bias = (along_height[..., :, None] + along_width[..., None, :]).flatten(-2)
+            attended[:, :, part] = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias, scale=self.scale)
+        return self._merge_heads(attended)
 
     def _split_heads(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch_size, num_tokens, _ = tokens.shape
@@ -434,6 +475,12 @@ def check_forward_settings(settings: ForwardSettings, config: MEMatteConfig) -> 
     """Raise a `ValueError` naming the argument when a per-call setting is invalid."""
     if settings.routing_mode not in ROUTING_MODES:
         raise ValueError(f"routing_mode must be one of {ROUTING_MODES}, got {settings.routing_mode!r}")
+    if config.global_relative_position_size is not None and settings.routing_mode != "global":
+        raise ValueError(
+            f"routing_mode={settings.routing_mode!r} needs MEMatte weights: this model is a ViTMatte checkpoint "
+            "(relative positions in its global blocks, routers never trained), which runs only with "
+            "routing_mode='global'"
+        )
     cap = settings.max_global_tokens
     if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
         raise ValueError(f"max_global_tokens must be a non-negative integer (0 or None: no cap), got {cap!r}")
@@ -507,8 +554,11 @@ class MEMatteRoutedLayer(nn.Module):
     def _all_global(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch_size, height, width, dim = hidden_states.shape
         tokens = self.norm1(hidden_states).reshape(batch_size, height * width, dim)
-        branch = self.attention(tokens).reshape(batch_size, height, width, dim)
-        return branch, hidden_states.new_ones(batch_size, height * width)
+        if self.attention.has_relative_positions:
+            attended = self.attention.forward_on_grid(tokens, (height, width))
+        else:
+            attended = self.attention(tokens)
+        return attended.reshape(batch_size, height, width, dim), hidden_states.new_ones(batch_size, height * width)
 
     def _routed(self, hidden_states: torch.Tensor, to_global: torch.Tensor) -> torch.Tensor:
         """Inference: the LTRM for every token, global attention among each image's selected tokens, written in
@@ -994,6 +1044,18 @@ class MEMattePreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.rel_pos_w, mean=0.0, std=std)
 
 
+def vitmatte_engine_overrides(vitmatte_config) -> dict:
+    """The MEMatte config fields that make this engine compute a ViTMatte: every token global, the
+    relative-position grid of ViTDet's global blocks (`image_size // patch_size`), and the decoder over the whole
+    image (MEMatte's tiles see only 64 px of context, which changes a ViTMatte's alphas)."""
+    backbone = vitmatte_config.backbone_config
+    image_size, patch_size = backbone.image_size, backbone.patch_size
+    image_size = image_size[0] if isinstance(image_size, (list, tuple)) else image_size
+    patch_size = patch_size[0] if isinstance(patch_size, (list, tuple)) else patch_size
+    grid = image_size // patch_size if backbone.use_relative_position_embeddings else None
+    return {"routing_mode": "global", "global_relative_position_size": grid, "decoder_tile_size": 0}
+
+
 class MEMatteForImageMatting(MEMattePreTrainedModel):
     """MEMatte: a routed ViT backbone and ViTMatte's detail-capture decoder.
 
@@ -1018,7 +1080,11 @@ class MEMatteForImageMatting(MEMattePreTrainedModel):
 
     @classmethod
     def from_vitmatte(
-        cls, vitmatte: str | PreTrainedModel, output_loading_info: bool = False, **config_overrides
+        cls,
+        vitmatte: str | PreTrainedModel,
+        output_loading_info: bool = False,
+        run_as_vitmatte: bool = False,
+        **config_overrides,
     ) -> MEMatteForImageMatting | tuple[MEMatteForImageMatting, WeightTransferReport]:
         """A MEMatte model initialised from a transformers ViTMatte (a `VitMatteForImageMatting` or its id/path).
 
@@ -1026,11 +1092,17 @@ class MEMatteForImageMatting(MEMattePreTrainedModel):
         and the relative position tables of ViTMatte's global blocks are dropped (MEMatte's global blocks have
         none). This is the starting point of distillation training, with the ViTMatte as the frozen teacher.
         The report of new and dropped weights is logged, and returned with `output_loading_info=True`.
+
+        `run_as_vitmatte=True` builds the ViTMatte itself on this engine instead: the global blocks keep their
+        relative positions, every token goes to global attention (`routing_mode="global"`), nothing is dropped,
+        and the alphas are those of `VitMatteForImageMatting` on the lean inference path.
         """
         from transformers import VitMatteForImageMatting
 
         if isinstance(vitmatte, (str, bytes)) or hasattr(vitmatte, "__fspath__"):
             vitmatte = VitMatteForImageMatting.from_pretrained(vitmatte)
+        if run_as_vitmatte:
+            config_overrides = {**vitmatte_engine_overrides(vitmatte.config), **config_overrides}
         config = MEMatteConfig.from_vitmatte_config(vitmatte.config, **config_overrides)
         model = cls(config)
         source = vitmatte.state_dict()
@@ -1042,7 +1114,12 @@ class MEMatteForImageMatting(MEMattePreTrainedModel):
             new=sorted(set(target) - set(shared)),
             dropped=sorted(set(source) - set(shared)),
         )
-        logger.warning(report.summary())
+        if run_as_vitmatte:
+            if report.dropped:  # a ViTMatte whose maths this engine does not share: refuse rather than differ
+                raise ValueError(f"this ViTMatte has weights the engine cannot run: {', '.join(report.dropped[:8])}")
+            logger.info(report.summary())  # the new weights are the unused routers and LTRMs
+        else:
+            logger.warning(report.summary())
         return (model, report) if output_loading_info else model
 
     def compile_blocks(self, **compile_options) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError, HubError, InputError
+from .devices import resolve_device
+from .errors import InputError
 from .image_io import DEFAULT_MAX_PIXELS, has_unknown_region, load_image, load_trimap
 from .memory import (
     MemoryPlan,
@@ -32,6 +33,9 @@ from .memory import (
     plan_memory,
     uses_fused_attention,
 )
+from .weights import LoadedWeights, load_matting_model, weights_of
+
+__all__ = ["MEMattePredictor", "MattingResult", "PreparedMatte", "resolve_device", "resolve_dtype"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -109,6 +113,9 @@ class MEMattePredictor:
         memory_budget: bytes or a string like `"2GB"`, used with `max_global_tokens="auto"`.
         decoder_tile_size: overrides the checkpoint's decoder tile (0 decodes the whole image at once).
         max_pixels: images and trimaps above this many pixels are refused before decoding.
+        weights: which weights these are (`mematte_hf.weights.LoadedWeights`; default: read off the model), shown
+            by `describe()`. A transformers ViTMatte checkpoint runs with routing off (every token global) and
+            its decoder over the whole image, as ViTMatte computes it, unless `decoder_tile_size` asks for tiles.
         compile: `True` (or `torch.compile` options as a dict) compiles the fixed-shape blocks
             (`MEMatteForImageMatting.compile_blocks`): the same alphas in fewer kernels, after a compilation at the
             first image of each size. Not for ZeroGPU, which allows only ahead-of-time compilation.
@@ -129,12 +136,14 @@ class MEMattePredictor:
         decoder_tile_size: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         compile: bool | dict = False,
+        weights: LoadedWeights | None = None,
     ) -> None:
         from .convert import build_image_processor
 
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.model = place_model(model, self.device, self.dtype).eval()
+        self.weights = weights or weights_of(model)
         if compile:  # opt-in: fewer, fused kernels after a compilation at the first image of each size
             self.model.compile_blocks(**(compile if isinstance(compile, dict) else {}))
         self.processor = as_mematte_processor(processor) if processor is not None else build_image_processor()
@@ -147,21 +156,14 @@ class MEMattePredictor:
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str | Path, **kwargs) -> MEMattePredictor:
-        """Load a MEMatte folder or Hub id (model and image processor) and wrap it."""
-        from transformers import AutoModelForImageMatting
+        """Load a MEMatte folder or Hub id, or a transformers ViTMatte one (`model_type: vitmatte`, run by this
+        engine with every token global), with its image processor, and wrap it."""
+        model, processor, weights = load_matting_model(model_id_or_path)
+        return cls(model, processor, weights=weights, **kwargs)
 
-        from . import register_auto_classes
-        from .convert import load_image_processor
-
-        register_auto_classes()  # "mematte" with the Auto classes (import mematte_hf alone is torch-free)
-        model_id_or_path = str(model_id_or_path)
-        try:
-            model = AutoModelForImageMatting.from_pretrained(model_id_or_path)
-        except OSError as error:
-            raise _loading_error(model_id_or_path, error) from None
-        if type(model).__name__ != "MEMatteForImageMatting":
-            raise CheckpointError(f"{model_id_or_path} holds a {type(model).__name__}, not a MEMatte model")
-        return cls(model, load_image_processor(model_id_or_path), **kwargs)
+    def describe(self) -> str:
+        """Which weights run and whether routing is on, in one line."""
+        return self.weights.describe()
 
     @property
     def config(self):
@@ -284,7 +286,8 @@ class MEMattePredictor:
         if cap == "auto":
             plan = self.plan(height, width, batch_size, with_foreground)
             cap = plan.max_global_tokens
-            tile = plan.decoder_tile_size if tile is None else tile
+            # A ViTMatte decodes the whole image: MEMatte's tiles would change its alphas.
+            tile = plan.decoder_tile_size if tile is None and self.weights.routing else tile
         cap = self.config.max_global_tokens if cap is None else cap
         tile = self.config.decoder_tile_size if tile is None else tile
         return cap, tile, plan
@@ -370,15 +373,6 @@ def check_cap(max_global_tokens) -> None:
         raise InputError(f"max_global_tokens must be a positive integer, 0, None or 'auto', got {max_global_tokens!r}")
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("CUDA was asked for but no CUDA device is available; use --device cpu")
-    return device
-
-
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if dtype is None:
         return torch.float32
@@ -389,16 +383,3 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return DTYPES[dtype]
-
-
-def _loading_error(model_id_or_path: str, error: OSError) -> Exception:
-    if Path(model_id_or_path).exists():
-        return CheckpointError(f"{model_id_or_path} is not a MEMatte folder (no config.json or weights): {error}")
-    looks_local = model_id_or_path.startswith((".", "/", "~")) or model_id_or_path.count("/") > 1
-    if looks_local:
-        return InputError(f"model folder {model_id_or_path} does not exist; pass a folder or a Hub id")
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return HubError(
-        f"could not load the model {model_id_or_path!r} from the Hugging Face Hub ({first}); check the id and the "
-        "network, or pass a local folder made by `mematte convert`"
-    )

@@ -5,7 +5,7 @@ from mematte_hf.predictor import MEMattePredictor
 from mematte_hf.tracking import FramePrompt, Sam2VideoTracker
 from mematte_hf.video import VideoMatter
 
-matter = VideoMatter(MEMattePredictor.from_pretrained("mematte-hf/mematte-vits-composition1k"),
+matter = VideoMatter(MEMattePredictor.from_pretrained("hustvl/vitmatte-small-composition-1k"),
                      Sam2VideoTracker.from_pretrained("facebook/sam2.1-hiera-tiny"))
 report = matter.matte("clip.mp4", "out/", [FramePrompt(0, points=[(640, 360)], labels=[1])],
                       save=("alpha", "rgba", "composite"))

@@ -31,6 +31,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from mematte_hf.errors import InputError, MEMatteError
+from mematte_hf.releases import AUTHORS_PAGE, RELEASES
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 # Written into every generated card, so that an update can tell our card from one a person wrote.
@@ -241,15 +242,20 @@ def build_model_card(
     license: str = "mit",
     tags: Sequence[str] | None = None,
     pipeline_tag: str = PIPELINE_TAG,
+    source: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """The model card of a MEMatte checkpoint, as a huggingface_hub `ModelCard`.
 
     `metrics` is the JSON (or its path) written by `mematte evaluate`; `metrics_dataset` names the dataset
     it was measured on (e.g. "Composition-1K"). `memory` is one dict or a list of dicts with
     "peak_memory_gb" and optionally "resolution", "latency_ms", "max_global_tokens" and "device".
+    `source` is what `mematte convert` recorded (the checkpoint's file name, SHA-256 and release; default: the
+    folder's `conversion.json`, if any): the card says where the weights came from and, for an authors'
+    release, shows their published scores labelled as reported by them, never in the `model-index`.
     """
     check_repo_id(repo_id)
     config = read_config(folder_or_config_info)
+    source = read_source(folder_or_config_info) if source is None else dict(source)
     measured = load_metrics(metrics) if metrics is not None else None
     results = build_eval_results(measured, dataset=metrics_dataset, split=metrics_split) if measured else None
     card_data = ModelCardData(
@@ -263,7 +269,33 @@ def build_model_card(
         model_name=repo_id.split("/")[-1] if results else None,
     )
     values = _template_values(config, repo_id, measured, results, memory)
+    values.update(_source_values(source))
     return ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **values)
+
+
+def read_source(folder_or_config_info: ConfigSource) -> dict[str, Any] | None:
+    """The folder's `conversion.json` (written by `mematte convert`), or None."""
+    from mematte_hf.convert import SOURCE_RECORD
+
+    if isinstance(folder_or_config_info, Mapping):
+        return None
+    path = Path(folder_or_config_info) / SOURCE_RECORD
+    return _read_json(path, what=SOURCE_RECORD) if path.is_file() else None
+
+
+def _source_values(source: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Template values for where the weights came from and the scores the authors reported for them."""
+    if not source:
+        return {"source": None, "release": None}
+    release_name = source.get("release")
+    if release_name is not None and release_name not in RELEASES:
+        raise InputError(f"the recorded release {release_name!r} is not one of {', '.join(RELEASES)}")
+    release = RELEASES.get(release_name) if release_name else None
+    values: dict[str, Any] = {"source": dict(source), "release": release, "authors_page": AUTHORS_PAGE}
+    if release is not None:
+        values["reported_columns"] = [metric.label for metric in METRICS]
+        values["reported_row"] = [_format_number(release.scores[metric.key]) for metric in METRICS]
+    return values
 
 
 def check_repo_id(repo_id: str) -> None:

@@ -23,6 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except runtime.StartupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    print(runtime.predictor().describe())  # which weights run, and whether routing is on
     from . import ui  # gradio is imported only once the models are there
 
     demo = ui.build_demo(settings)

@@ -145,6 +145,14 @@ def routing_pictures(
     return pictures
 
 
+def routing_caption(index: int, fraction: float, routing: bool) -> str:
+    """The caption of router `index`'s overlay. Weights without routing (a transformers ViTMatte run by the
+    engine) send every token to global attention, so their overlays are all orange by design, not by choice."""
+    if not routing:
+        return f"router {index + 1}: every token global (ViTMatte weights, routing off)"
+    return f"router {index + 1}: {fraction:.1%} global"
+
+
 def known_fraction(trimap: np.ndarray) -> tuple[float, float, float]:
     """Fractions of the trimap that are background, unknown and foreground."""
     total = trimap.size

@@ -262,8 +262,11 @@ def _load_text_model(config: Settings) -> Any:
 
 def _cannot_load(what: str, model_id: str, error: Exception, option: str, variable: str) -> str:
     where = "" if os.path.exists(model_id) or model_id.startswith((".", "/", "~")) else " from the Hugging Face Hub"
+    reason = _reason(error, model_id)
+    if option in reason and variable in reason:  # the library's own message already says what to do
+        return f"could not load the {what} model {model_id!r}{where}: {reason}"
     return (
-        f"could not load the {what} model {model_id!r}{where}: {_reason(error, model_id)} -- pass {option} PATH to "
+        f"could not load the {what} model {model_id!r}{where}: {reason} -- pass {option} PATH to "
         f"a local folder (or a Hub id this machine can reach) or set {variable}"
     )
 
@@ -287,6 +290,8 @@ def _quiet_loading() -> Iterator[None]:
     from transformers.utils import logging
 
     verbosity, hub_verbosity = logging.get_verbosity(), hub_logging.get_verbosity()
+    # Restore the bars only if they were on: enabling them warns when HF_HUB_DISABLE_PROGRESS_BARS is set.
+    bars_were_on = logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
     hub_logging.set_verbosity_error()  # its connection retries would print a warning per attempt
     logging.disable_progress_bar()
@@ -295,7 +300,8 @@ def _quiet_loading() -> Iterator[None]:
     finally:
         logging.set_verbosity(verbosity)
         hub_logging.set_verbosity(hub_verbosity)
-        logging.enable_progress_bar()
+        if bars_were_on:
+            logging.enable_progress_bar()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -12,8 +12,10 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-#: The converted MEMatte ViT-S checkpoint trained on Composition-1K (the `mematte convert` output).
-DEFAULT_MODEL = "mematte-hf/mematte-vits-composition1k"
+# Without --model or MEMATTE_MODEL: transformers' ViTMatte ViT-S through MEMatte's engine (it exists on the Hub);
+# set MEMATTE_MODEL to a converted MEMatte checkpoint (the real-world one for people's photos) for routing.
+from mematte_hf.defaults import DEFAULT_MODEL
+
 #: SAM ViT-B: the smallest original SAM; clicks only run its light decoder, the encoder once per photo.
 DEFAULT_SAM_MODEL = "facebook/sam-vit-base"
 #: 24 megapixels: above a 4K frame (8.3 MP) and the 12-20 MP of phone cameras, and a matte of that size fits
@@ -88,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="MEMatte demo: clicks -> SAM mask -> trimap -> full-resolution alpha matte.",
     )
     add = parser.add_argument
-    add("--model", help=f"MEMatte Hub id or local folder (env MEMATTE_MODEL; default {DEFAULT_MODEL})")
+    add("--model", help=f"MEMatte or ViTMatte Hub id or local folder (env MEMATTE_MODEL; default {DEFAULT_MODEL})")
     add("--sam-model", help=f"SAM Hub id or local folder (env MEMATTE_SAM_MODEL; default {DEFAULT_SAM_MODEL})")
     add("--text-model", help="Grounding DINO, OWLv2 or SAM 3 id or folder for text prompts (env MEMATTE_TEXT_MODEL)")
     add("--text-threshold", type=float, help="score a text match needs (env MEMATTE_TEXT_THRESHOLD; model default)")

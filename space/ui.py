@@ -523,9 +523,10 @@ def _routing_gallery(session: Session, result: Any) -> list[tuple[str, str]] | N
     if not result.routing_masks:
         return None
     pictures = render.routing_pictures(session.preview, session.scale, result.routing_masks)
+    routing = runtime.predictor().weights.routing
     return [
         (_picture(session, f"router{index}", picture, folder=session.results),
-         f"router {index + 1}: {fraction:.1%} global")
+         render.routing_caption(index, fraction, routing))
         for index, (picture, fraction) in enumerate(zip(pictures, result.routed_fraction, strict=True))
     ]
 
@@ -544,6 +545,7 @@ def _stats(result: Any, trimap: np.ndarray, changed: int) -> str:
         fractions = result.routed_fraction
         mean = sum(fractions) / len(fractions) if fractions else 0.0
         rows += [
+            ("weights", runtime.predictor().describe().removeprefix("weights: ")),
             ("device", str(result.device)),
             ("time", f"{result.seconds:.2f} s (model forward)"),
             ("peak memory", format_bytes(peak) if peak is not None else "not measured on this device"),

@@ -49,6 +49,21 @@ def save_tiny_tracker(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def load_tiny_runtime(folder: Path):
+    """Configure the Space's runtime in this process with tiny MEMatte, SAM and tracker models saved under
+    `folder`, on the CPU, and load them; returns the `space.runtime` module."""
+    from space import runtime
+    from space.settings import parse_settings
+
+    mematte, sam = save_tiny_mematte(folder / "mematte"), save_tiny_sam(folder / "sam")
+    tracker = save_tiny_tracker(folder / "tracker")
+    settings = parse_settings(["--model", str(mematte), "--sam-model", str(sam), "--tracker-model", str(tracker),
+                               "--device", "cpu"], environ={})  # fmt: skip
+    runtime.configure(settings)
+    runtime.load_models()
+    return runtime
+
+
 def disc_photo(width: int, height: int) -> np.ndarray:
     """A bright soft-edged disc on a horizontal gradient: an object with an edge to click on."""
     yy, xx = np.mgrid[:height, :width].astype(np.float32)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import pickle
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
+from mematte_hf.model_card import write_model_card
 from transformers import AutoModelForImageMatting
 
 from mematte_hf.cli import main
@@ -153,3 +157,48 @@ def test_push_to_hub_without_network_keeps_the_local_folder(upstream_checkpoint,
     assert "could not reach the Hugging Face Hub" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "config.json").is_file()
+
+
+def _release_sized_checkpoint(tmp_path, name: str) -> tuple[object, object]:
+    """A 4-block upstream checkpoint with ViT-S's width (384, 6 heads), saved under `name`."""
+    model = tiny_model(seed=22, hidden_size=384, num_attention_heads=6, routed_fraction=None)
+    path = tmp_path / name
+    torch.save({"model": _upstream_state_dict(model)}, path)
+    return model, path
+
+
+def test_convert_records_the_source_and_the_authors_scores_apart_from_measured_ones(tmp_path, capsys):
+    _, path = _release_sized_checkpoint(tmp_path, "MEMatte_ViTS_DIM.pth")
+    code, _ = _convert([path, tmp_path / "out", "--release", "vits-composition1k"], capsys)
+    assert code == 0
+    record = json.loads((tmp_path / "out" / "conversion.json").read_text())
+    assert record == {
+        "checkpoint": "MEMatte_ViTS_DIM.pth",
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "release": "vits-composition1k",
+    }
+    measured = {"mean": {"sad": 30.5, "mse": 6.25, "grad": 12.5, "conn": 25.75}, "num_images": 3}
+    card_path = write_model_card(tmp_path / "out", repo_id="me/mematte-vits", metrics=measured, metrics_dataset="X")
+    text = card_path.read_text(encoding="utf-8")
+    assert f"`MEMatte_ViTS_DIM.pth` (SHA-256 `{record['sha256']}`)" in text
+    reported = text[text.index("Reported by the authors") : text.index("Measured with `mematte evaluate`")]
+    assert "| 21.90 | 3.37 | 7.43 | 16.77 |" in reported and "Composition-1K" in reported
+    assert "| 30.50 | 6.25 | 12.50 | 25.75 |" in text[text.index("Measured with `mematte evaluate`") :]
+    values = [result.metric_value for result in ModelCard.load(card_path).data.eval_results]
+    assert values == pytest.approx([30.5, 6.25, 12.5, 25.75])  # the model-index holds measured scores only
+
+
+def test_convert_without_release_records_the_file_and_no_scores(upstream_checkpoint, tmp_path, capsys):
+    _, _, path = upstream_checkpoint
+    assert _convert([path, tmp_path / "out"], capsys)[0] == 0
+    text = write_model_card(tmp_path / "out", repo_id="me/x").read_text(encoding="utf-8")
+    assert "Converted with `mematte convert` from `upstream.pth`" in text
+    assert "Reported by the authors" not in text
+
+
+def test_release_of_another_backbone_is_refused(upstream_checkpoint, tmp_path, capsys):
+    _, _, path = upstream_checkpoint
+    code, err = _convert([path, tmp_path / "out", "--release", "vitb-composition1k"], capsys)
+    assert code == 1
+    assert "hidden size 32" in err and "vitb-composition1k is a ViT-B" in err
+    assert not (tmp_path / "out").exists()

@@ -219,3 +219,12 @@ def test_foreground_in_the_same_call_and_in_the_plan(predictor):
     assert estimate_peak_bytes(config, 2000, 3000, 1000, 512, with_foreground=True) > without
     with pytest.raises(InputError, match="budget"):
         plan_memory(config, 2000, 3000, budget_bytes=without * 2, with_foreground=True)
+
+
+def test_device_requests_go_through_the_shared_resolution():
+    """The predictor resolves devices with `mematte_hf.devices`: one clear error for a device it cannot use."""
+    from mematte_hf import MEMatteForImageMatting, devices, predictor
+
+    assert predictor.resolve_device is devices.resolve_device
+    with pytest.raises(InputError, match="'tpu' is not a device name"):
+        MEMattePredictor(MEMatteForImageMatting(tiny_config()), device="tpu")

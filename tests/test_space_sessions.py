@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from mematte_hf.errors import InputError
-from tests.space_utils import disc_photo, files_under, save_tiny_mematte, save_tiny_sam, save_tiny_tracker
+from tests.space_utils import disc_photo, files_under, load_tiny_runtime
 
 WIDTH, HEIGHT = 160, 120
 
@@ -36,16 +36,10 @@ def no_progress(*args, **kwargs) -> None:
 def app(tmp_path_factory):
     """The runtime and handlers with tiny models, the store and gradio's cache in the test's folders."""
     from space import runtime, ui
-    from space.settings import parse_settings
     from space.store import ArrayStore
 
     folder = tmp_path_factory.mktemp("sessions")
-    mematte, sam = save_tiny_mematte(folder / "mematte"), save_tiny_sam(folder / "sam")
-    tracker = save_tiny_tracker(folder / "tracker")
-    settings = parse_settings(["--model", str(mematte), "--sam-model", str(sam), "--tracker-model", str(tracker),
-                               "--device", "cpu"], environ={})  # fmt: skip
-    runtime.configure(settings)
-    runtime.load_models()
+    load_tiny_runtime(folder)
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setattr("space.store._store", ArrayStore(folder / "store"))
     monkeypatch.setattr(ui, "_cache_root", lambda: str(folder / "cache"))

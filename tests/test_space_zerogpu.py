@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.space_utils import disc_photo, save_tiny_mematte, save_tiny_sam, save_tiny_tracker
+from tests.space_utils import disc_photo, load_tiny_runtime
 from tests.zerogpu_worker import SimulatedWorker
 
 WIDTH, HEIGHT = 320, 240
@@ -30,7 +30,6 @@ def app(tmp_path_factory):
     """The app's runtime and UI handlers configured with tiny models, the SAM encoder counted across processes,
     and the GPU functions routed through one simulated ZeroGPU worker."""
     from space import runtime, ui
-    from space.settings import parse_settings
     from space.store import ArrayStore
 
     folder = tmp_path_factory.mktemp("zerogpu")
@@ -38,12 +37,7 @@ def app(tmp_path_factory):
     # one intra-op thread keeps torch out of OpenMP, here and in the forked worker.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    mematte, sam = save_tiny_mematte(folder / "mematte"), save_tiny_sam(folder / "sam")
-    tracker = save_tiny_tracker(folder / "tracker")
-    settings = parse_settings(["--model", str(mematte), "--sam-model", str(sam), "--tracker-model", str(tracker),
-                               "--device", "cpu"], environ={})  # fmt: skip
-    runtime.configure(settings)
-    runtime.load_models()
+    load_tiny_runtime(folder)
     encoder_runs = multiprocessing.get_context("fork").Value("i", 0)  # shared memory: the child counts here
     hook = runtime.segmenter().model.vision_encoder.register_forward_hook(
         lambda *_: setattr(encoder_runs, "value", encoder_runs.value + 1)

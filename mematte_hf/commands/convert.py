@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..releases import RELEASES
+
 HELP = "convert an upstream MEMatte .pth checkpoint into a transformers folder"
 
 
@@ -17,12 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--decoder-tile-size", type=int, help="decoder tile in pixels (default 512; 0 decodes the whole image)"
     )
+    parser.add_argument(
+        "--release",
+        choices=sorted(RELEASES),
+        help="which of the authors' released checkpoints this file is: its published scores go into the model card",
+    )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the folder to this Hub repo")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..convert import convert_checkpoint
+    from ..convert import SOURCE_RECORD, convert_checkpoint
 
     output_dir = convert_checkpoint(
         args.checkpoint,
@@ -30,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
         num_heads=args.num_heads,
         max_global_tokens=args.max_global_tokens,
         decoder_tile_size=args.decoder_tile_size,
+        release=args.release,
     )
-    print(f"wrote {output_dir}")
+    print(f"wrote {output_dir} (source recorded in {SOURCE_RECORD}: {args.checkpoint}, its SHA-256, the release)")
     if args.push_to_hub:
         from ..hub import push_to_hub
 

@@ -47,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     score.add_argument("--alphas", type=Path, metavar="DIR", help="folder of ground-truth alphas")
     score.add_argument("--trimaps", type=Path, metavar="DIR", help="folder of trimaps (0 / 128 / 255)")
     model = parser.add_argument_group("run a model first")
-    model.add_argument("--model", metavar="ID_OR_PATH", help="Hub model id or local checkpoint folder")
+    model.add_argument(
+        "--model", metavar="ID_OR_PATH", help="MEMatte or transformers ViTMatte Hub id or local checkpoint folder"
+    )
     model.add_argument(
         "--data", type=Path, metavar="DIR", help="test set (Composition-1K, AIM-500 or images/trimaps/alphas)"
     )
@@ -157,7 +159,9 @@ def _load_predictor(model: str, device: str | None, dtype: str | None) -> Any:
     from ..predictor import MEMattePredictor
 
     torch_dtype = getattr(torch, dtype) if dtype is not None else None
-    return MEMattePredictor.from_pretrained(model, device=device, dtype=torch_dtype)
+    predictor = MEMattePredictor.from_pretrained(model, device=device, dtype=torch_dtype)
+    print(predictor.describe())  # a ViTMatte checkpoint's scores are ViTMatte's: say which weights ran
+    return predictor
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..defaults import MODEL_HELP
 from .options import (
     HelpFormatter,
     add_existing_output_arguments,
@@ -30,7 +31,6 @@ from .options import (
 
 HELP = "matte an image or a folder of images (alpha, foreground, RGBA cutout, composite)"
 OUTPUT_KINDS = ("alpha", "foreground", "rgba", "composite")
-DEFAULT_MODEL = "mematte-hf/mematte-vits-composition1k"
 DEFAULT_SAM_MODEL = "facebook/sam-vit-base"
 # The keys of the outputs in --output (see mematte_hf.output_keys).
 MANIFEST = ".mematte-predict.json"
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_text_arguments(parser, "a Grounding DINO / OWLv2 (with --sam-model) or SAM 3 folder or Hub id")
     parser.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, help="SAM for the boxes of a --text detector")
     parser.add_argument("--output", type=Path, required=True, help="folder for the results")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"MEMatte folder or Hub id (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
     add_runtime_arguments(parser)
     parser.add_argument("--save", default="alpha", help=f"comma-separated outputs among {', '.join(OUTPUT_KINDS)}")
     parser.add_argument("--alpha-bits", type=int, choices=[8, 16], default=8, help="bit depth of alpha PNGs")
@@ -136,6 +136,7 @@ def plan_jobs(jobs: list[Job], keys: dict[str, str], manifest, folder: Path, out
 
 def job_key(job: Job, args: argparse.Namespace) -> str:
     """Everything an image's outputs depend on: the inputs' content, the prompt, the model and its settings."""
+    from ..defaults import choose_model
     from ..output_keys import file_digest
     from ..output_keys import job_key as key
 
@@ -146,7 +147,7 @@ def job_key(job: Job, args: argparse.Namespace) -> str:
         "image": file_digest(job.image),
         "trimap": file_digest(job.trimap) if job.trimap is not None else None,
         "text": [args.text, args.text_model, args.sam_model, args.text_threshold] if job.trimap is None else None,
-        "model": _model_key(args.model),
+        "model": _model_key(choose_model(args.model).model),
         "settings": [args.dtype, _device_kind(args.device), args.max_global_tokens, args.memory_budget,
                      args.decoder_tile_size, args.alpha_bits, background],
     })  # fmt: skip
@@ -271,7 +272,7 @@ def refuse_overwriting_inputs(jobs: list[Job], folder: Path, outputs: list[str],
 
 
 def load_predictor(args: argparse.Namespace, cap):
-    from ..predictor import MEMattePredictor
+    from ..defaults import load_chosen_predictor
 
     options = {"device": args.device, "dtype": args.dtype, "max_global_tokens": cap}
     if args.memory_budget:
@@ -280,7 +281,7 @@ def load_predictor(args: argparse.Namespace, cap):
         options["decoder_tile_size"] = args.decoder_tile_size
     if args.max_pixels:
         options["max_pixels"] = args.max_pixels
-    return MEMattePredictor.from_pretrained(args.model, compile=args.compile, **options)
+    return load_chosen_predictor(args.model, compile=args.compile, **options)
 
 
 def progress(jobs: list[Job], single: bool):

@@ -21,6 +21,7 @@ import re
 import sys
 from pathlib import Path
 
+from ..defaults import MODEL_HELP
 from ..video_io import DEFAULT_TRACKER, OUTPUT_KINDS
 from .options import (
     HelpFormatter,
@@ -36,7 +37,6 @@ from .options import (
 )
 
 HELP = "matte a video from a prompt on one frame (alpha, RGBA cutout, composite videos)"
-DEFAULT_MODEL = "mematte-hf/mematte-vits-composition1k"
 PROMPT_OPTIONS = ("--point", "--bg-point", "--box")
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _FRAME = r"(?:@\s*(\d+)\s*)?"
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1[@FRAME]", help="a box around it")
     parser.add_argument("--text", action="append", default=[], metavar="TEXT[@FRAME]", help='e.g. "the dog"')
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"MEMatte folder or Hub id (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
     parser.add_argument("--tracker-model", default=DEFAULT_TRACKER, help="SAM 2 / EdgeTAM folder or Hub id")
     add_text_arguments(parser, "a Grounding DINO / OWLv2 or SAM 3 folder or Hub id")
     parser.add_argument("--save", default="alpha", help=f"comma-separated outputs among {', '.join(OUTPUT_KINDS)}")
@@ -173,7 +173,7 @@ def _numbers(text: str, count: int, option: str, form: str, default_frame: int):
 
 
 def load_predictor(args: argparse.Namespace):
-    from ..predictor import MEMattePredictor
+    from ..defaults import load_chosen_predictor
     from .predict import parse_cap
 
     options = {"device": args.device, "dtype": args.dtype, "max_global_tokens": parse_cap(args.max_global_tokens)}
@@ -181,7 +181,7 @@ def load_predictor(args: argparse.Namespace):
         options["memory_budget"] = args.memory_budget
     if args.decoder_tile_size is not None:
         options["decoder_tile_size"] = args.decoder_tile_size
-    return MEMattePredictor.from_pretrained(args.model, **options)
+    return load_chosen_predictor(args.model, **options)
 
 
 def load_tracker(args: argparse.Namespace):
