@@ -176,7 +176,7 @@ class TextDetector:
             if tokens > positions:
                 raise InputError(
                     f"the phrase {phrase!r} is {tokens} tokens long; this {self.model_type} detector reads at most "
-                    f"{positions}: say it in fewer words (e.g. \"the dog\"), or separate things with commas"
+                    f'{positions}: say it in fewer words (e.g. "the dog"), or separate things with commas'
                 )
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .devices import resolve_device
 from .errors import CheckpointError, InputError
 from .video_io import DEFAULT_TRACKER
 
@@ -163,6 +164,7 @@ class Sam2VideoTracker:
         from .segmentation import _hub_errors
 
         path = os.fspath(model_id_or_path)
+        target = resolve_device(device)  # a bad device fails here, before the download and the load
         with _hub_errors(path):
             model_type = AutoConfig.from_pretrained(path, **hub_kwargs).model_type
             if model_type not in TRACKER_TYPES:
@@ -173,7 +175,7 @@ class Sam2VideoTracker:
             model = getattr(transformers, TRACKER_TYPES[model_type][0]).from_pretrained(path, **hub_kwargs)
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        return cls(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype=dtype)
+        return cls(model, device=target, dtype=dtype)
 
     def track(self, frame_index: int, frame: np.ndarray, prompt: FramePrompt | None) -> np.ndarray:
         height, width = frame.shape[:2]

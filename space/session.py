@@ -474,9 +474,10 @@ EXPIRED_NOTICE = "your session expired after {idle} idle and its files were dele
 def idle_time(seconds: float) -> str:
     """'10 minutes', '90 seconds': how long a session may stay idle, as the visitor reads it."""
     return f"{round(seconds / 60)} minutes" if seconds >= 120 else f"{round(seconds)} seconds"
+
+
 CLOSED_NOTICE = (
-    "this tab's session was closed (the tab was closed or lost its connection) and its files were deleted: "
-    "upload again"
+    "this tab's session was closed (the tab was closed or lost its connection) and its files were deleted: upload again"
 )
 EVICTED_NOTICE = (
     "your session was closed to make room for other visitors (the server holds a limited number) and its files "

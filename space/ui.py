@@ -65,6 +65,8 @@ are deleted when you close it, or after {idle} without activity.
 
 def _intro(keep_seconds: int) -> str:
     return INTRO.format(idle=idle_time(keep_seconds))
+
+
 CLICK_CHOICES = [("Add to the object", FOREGROUND_POINT), ("Remove from it", BACKGROUND_POINT),
                  ("Box corner (2 clicks)", BOX_CORNER)]  # fmt: skip
 CAP_CHOICES = [("auto (fits the memory budget)", CAP_AUTO), ("fixed k", CAP_FIXED), ("no cap", CAP_NONE)]
@@ -525,8 +527,10 @@ def _routing_gallery(session: Session, result: Any) -> list[tuple[str, str]] | N
     pictures = render.routing_pictures(session.preview, session.scale, result.routing_masks)
     routing = runtime.predictor().weights.routing
     return [
-        (_picture(session, f"router{index}", picture, folder=session.results),
-         render.routing_caption(index, fraction, routing))
+        (
+            _picture(session, f"router{index}", picture, folder=session.results),
+            render.routing_caption(index, fraction, routing),
+        )
         for index, (picture, fraction) in enumerate(zip(pictures, result.routed_fraction, strict=True))
     ]
 

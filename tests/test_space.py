@@ -313,7 +313,9 @@ def test_mcp_serves_the_cutout_endpoint_as_its_tool(models, prompts, tmp_path, p
         left = files_under(url.cache, url.temp) - before
         names = sorted(str(path.relative_to(url.cache.parent)) for path in left)
         assert len(left) == 2 and all(path.parent.name.startswith("mematte-downloads-") for path in left), (
-            "only the two result PNGs stay (for --keep-seconds): the upload and the refused upload are gone", names)
+            "only the two result PNGs stay (for --keep-seconds): the upload and the refused upload are gone",
+            names,
+        )
 
 
 def wait_until(condition, what: str, seconds: float = 30) -> None:

@@ -384,6 +384,13 @@ def test_a_file_that_is_not_a_video_is_refused(predictor, tmp_path):
     assert "\n" not in str(error.value)
 
 
+def test_a_device_the_tracker_cannot_use_is_refused_before_anything_loads(tmp_path):
+    # The folder does not exist: the device error must come first, before any download or load is tried.
+    with pytest.raises(InputError, match="'gpu0' is not a device name") as error:
+        Sam2VideoTracker.from_pretrained(tmp_path / "no-such-tracker", device="gpu0")
+    assert "\n" not in str(error.value)
+
+
 def test_a_text_prompt_becomes_the_detectors_best_box_on_the_key_frame(clip, predictor, tmp_path):
     from mematte_hf.text_prompts import NothingFoundError, load_text_model
     from mematte_hf.video_io import read_frames
