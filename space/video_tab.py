@@ -20,6 +20,7 @@ saves where it stopped (``VideoMatter`` resumes from there), and a last call enc
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,16 +52,34 @@ OUTPUT_KINDS = ("alpha", "rgba", "composite")
 
 @dataclass
 class VideoSession:
-    """One visitor's clip and prompts (kept in a ``gr.State``)."""
+    """One visitor's clip and prompts (kept in a ``gr.State``).
+
+    It holds no pixels: gradio keeps a closed tab's ``gr.State`` for an hour (``STATE_TTL_WHEN_CLOSED``), so a
+    4K first frame held here would stay in the server's memory that long after the clip itself was deleted. The
+    first frame is decoded again from the clip when a click needs it.
+    """
 
     path: str | None = None
     width: int = 0
     height: int = 0
     frames: int = 0
     frame_rate: float = 0.0
-    first_frame: np.ndarray | None = None
     points: list[tuple[float, float, int]] = field(default_factory=list)
     box: tuple[float, float, float, float] | None = None
+
+    def first_frame(self) -> np.ndarray:
+        """(H, W, 3) uint8: the clip's first frame, upright; a visitor's message when there is no clip (any more)."""
+        from mematte_hf.errors import InputError
+        from mematte_hf.video_io import first_frame
+
+        if self.path is None:
+            raise gr.Error("Upload a clip first.")
+        if not os.path.exists(self.path):  # the tab's session ended (closed, idle, evicted): its clip went with it
+            raise gr.Error("This clip is no longer on the server (its session ended): upload it again.")
+        try:
+            return first_frame(self.path)
+        except InputError as error:
+            raise gr.Error(str(error)) from None
 
     def prompt(self):
         from mematte_hf.tracking import FramePrompt
@@ -122,7 +141,7 @@ def limits(settings: Any) -> tuple[int, int]:
 def load_clip(path: str | None, settings: Any) -> tuple[VideoSession, np.ndarray | None, str]:
     """Check the upload against the limits; show its first frame."""
     from mematte_hf.errors import InputError
-    from mematte_hf.video_io import probe_video, read_frames
+    from mematte_hf.video_io import probe_video
 
     if not path:
         return VideoSession(), None, "Upload a short video clip."
@@ -147,15 +166,15 @@ def load_clip(path: str | None, settings: Any) -> tuple[VideoSession, np.ndarray
             f"The clip has {info.frame_count} frames; at {info.width} x {info.height} this Space mattes at most "
             f"{longest} (the GPU time one call may take). Trim it or scale it down, or use `mematte video`."
         )
-    first = next(read_frames(info.path, 0, 1))[1]
-    session = VideoSession(path, info.width, info.height, info.frame_count, float(info.frame_rate), first)
+    session = VideoSession(path, info.width, info.height, info.frame_count, float(info.frame_rate))
+    first = session.first_frame()
     status = f"{info.frame_count} frames of {info.width} x {info.height} at {float(info.frame_rate):g} fps. "
     return session, first, status + "Click the object on the first frame."
 
 
 def add_click(session: VideoSession, kind: str, event: gr.SelectData) -> tuple[VideoSession, np.ndarray, str]:
     """A click on the first frame adds a point (object or background, per ``kind``)."""
-    if session.first_frame is None:
+    if session.path is None:
         raise gr.Error("Upload a clip first.")
     x, y = event.index
     session.points.append((float(x), float(y), 1 if kind == "object" else 0))
@@ -164,7 +183,7 @@ def add_click(session: VideoSession, kind: str, event: gr.SelectData) -> tuple[V
 
 def set_typed_prompts(session: VideoSession, points: str, box: str) -> tuple[VideoSession, np.ndarray | None, str]:
     """Points typed as ``x,y`` (``x,y,bg`` for background) separated by ``;``, and a box ``x0,y0,x1,y1``."""
-    if session.first_frame is None:
+    if session.path is None:
         raise gr.Error("Upload a clip first.")
     parsed = []
     for item in filter(None, (part.strip() for part in (points or "").split(";"))):
@@ -187,7 +206,8 @@ def set_typed_prompts(session: VideoSession, points: str, box: str) -> tuple[Vid
 
 def clear_prompts(session: VideoSession) -> tuple[VideoSession, np.ndarray | None, str]:
     session.points, session.box = [], None
-    return session, session.first_frame, "Prompts cleared. Click the object on the first frame."
+    first = session.first_frame() if session.path else None
+    return session, first, "Prompts cleared. Click the object on the first frame."
 
 
 def preview(session: VideoSession, runtime: Any, settings: Any) -> list[tuple[np.ndarray, str]]:
@@ -349,7 +369,7 @@ def draw_prompts(session: VideoSession) -> np.ndarray:
     """The first frame with the clicked points (green object, red background) and the box drawn on it."""
     from PIL import Image, ImageDraw
 
-    picture = Image.fromarray(session.first_frame)
+    picture = Image.fromarray(session.first_frame())
     draw = ImageDraw.Draw(picture)
     radius = max(4, round(0.008 * max(session.width, session.height)))
     for x, y, label in session.points:

@@ -82,6 +82,22 @@ def test_matte_without_a_prompt_says_what_to_do(runtime, clip):
         preview(VideoSession(), runtime, SimpleNamespace())
 
 
+def test_the_tabs_state_holds_no_pixels_and_a_click_after_the_clip_went_says_so(clip, tmp_path):
+    # gradio keeps a closed tab's gr.State for an hour: a first frame held there (25 MB at 4K) would outlive the
+    # visitor's clip by that long. The state keeps the clip's path and the prompts; a click decodes the frame.
+    import pickle
+    import shutil
+
+    own = shutil.copy(clip, tmp_path / "visitor.mp4")
+    session, first, _ = load_clip(str(own), SimpleNamespace())
+    assert len(pickle.dumps(session)) < 1024, "the state must stay small (no frame in it)"
+    session, drawn, _ = set_typed_prompts(session, "20,30", "")
+    assert drawn.shape == first.shape and not np.array_equal(drawn, first)  # the point drawn on the first frame
+    (tmp_path / "visitor.mp4").unlink()  # the session ended: its files went
+    with pytest.raises(gr.Error, match="no longer on the server"):
+        set_typed_prompts(session, "20,30", "")
+
+
 def test_zero_gpu_duration_grows_with_frames_and_pixels_and_stays_within_one_call():
     from space.runtime import LARGE_DURATION_FACTOR, PLATFORM_MAX_CHARGED_SECONDS
 
