@@ -208,7 +208,7 @@ def video_flow(page, url: str, clip: Path) -> None:
     page.locator("#video-upload input[type=file]").set_input_files(str(clip))
     wait_for_video_status(page, f"x {CLIP_SIZE[1]} at")
     image_loaded(page, "#video-frame")
-    x, y = disc_centre(0, 2, *CLIP_SIZE)  # the disc's centre on the first frame
+    x, y = disc_centre(0, width=CLIP_SIZE[0], height=CLIP_SIZE[1])  # the disc's centre on the first frame
     click_picture(page, "#video-frame img", x, y)
     wait_for_video_status(page, "1 object point(s)")
     page.locator("#video-preview").click()
@@ -221,7 +221,7 @@ def video_flow(page, url: str, clip: Path) -> None:
     wait_for_video_status(page, "Matted ", timeout=MATTE_TIMEOUT_MS)
 
 
-def wait_for_video_status(page, text: str, timeout: int = TIMEOUT_MS) -> str:
+def wait_for_video_status(page, text: str, timeout: int = TIMEOUT_MS) -> None:
     """Wait until ``#video-status`` shows ``text``: success; or gradio's error toast (the tab's ``gr.Error``s show
     there, not in the status): a SoakError with its message."""
     page.wait_for_function(
@@ -231,7 +231,6 @@ def wait_for_video_status(page, text: str, timeout: int = TIMEOUT_MS) -> str:
         timeout=timeout,
     )
     raise_page_error(page)
-    return page.locator("#video-status").inner_text()
 
 
 def raise_page_error(page) -> None:
@@ -241,10 +240,10 @@ def raise_page_error(page) -> None:
 
 
 def click_picture(page, selector: str, x: float, y: float) -> None:
-    """Click the picture's pixel (x, y) where the page shows it (scaled to fit its box, centred); Playwright scrolls
-    the picture into view first (on a 1366 x 768 screen the Video tab's first frame is below the fold)."""
+    """Click the picture's pixel (x, y) where the page shows it (scaled to fit its box, centred). The click is the
+    element's, not the page's: Playwright scrolls it into view (at 1366 x 768 the Video tab's first frame is below
+    the fold)."""
     picture = page.locator(selector).first
-    picture.scroll_into_view_if_needed()
     box = picture.bounding_box()
     width, height = picture.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     scale = min(box["width"] / width, box["height"] / height)

@@ -88,12 +88,12 @@ def test_the_tabs_state_holds_no_pixels_and_a_click_after_the_clip_went_says_so(
     import pickle
     import shutil
 
-    own = shutil.copy(clip, tmp_path / "visitor.mp4")
+    own = shutil.copy(clip, tmp_path / "visitor.mp4")  # the visitor's own copy (deleted below)
     session, first, _ = load_clip(str(own), SimpleNamespace())
     assert len(pickle.dumps(session)) < 1024, "the state must stay small (no frame in it)"
     session, drawn, _ = set_typed_prompts(session, "20,30", "")
     assert drawn.shape == first.shape and not np.array_equal(drawn, first)  # the point drawn on the first frame
-    (tmp_path / "visitor.mp4").unlink()  # the session ended: its files went
+    own.unlink()  # the session ended: its files went
     with pytest.raises(gr.Error, match="no longer on the server"):
         set_typed_prompts(session, "20,30", "")
 
